@@ -1,0 +1,3 @@
+from agentzt.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""``agentzt audit``: show events, or verify the hash chain."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentzt.audit import read_events, verify_chain
+from agentzt.cli import app, paths_of
+from agentzt.errors import AuditChainError
+
+console = Console()
+
+
+def events_table(events: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("seq", "time", "request id", "agent", "action", "resource", "decision", "status", "reason"):
+        table.add_column(column, overflow="fold")
+    for e in events:
+        colour = "green" if e.get("decision") == "allow" else "red"
+        table.add_row(
+            str(e.get("seq")),
+            str(e.get("ts", ""))[11:23],
+            str(e.get("request_id", ""))[-12:],
+            str(e.get("agent_id") or "-"),
+            str(e.get("action")),
+            str(e.get("resource") or "-"),
+            f"[{colour}]{e.get('decision')}[/]",
+            str(e.get("status")),
+            str(e.get("reason", ""))[:80],
+        )
+    return table
+
+
+@app.command("audit")
+def audit_cmd(
+    ctx: typer.Context,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 if broken.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show the last N matching events.")] = 50,
+    request_id: Annotated[str | None, typer.Option("--request-id", help="Only this request.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Show audit events, or verify the tamper-evident chain with --verify."""
+    path = paths_of(ctx).audit_log
+    if verify:
+        try:
+            report = verify_chain(path)
+        except AuditChainError as exc:
+            typer.echo(f"audit chain BROKEN at seq {exc.seq}: {exc.detail}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"audit chain OK: {report.events} events, head {report.head_hash[:16]}… ({path})")
+        return
+    events = read_events(path, request_id=request_id, agent_id=agent, limit=limit)
+    if as_json:
+        for event in events:
+            typer.echo(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        return
+    console.print(events_table(events, f"Audit events ({path})"))

@@ -1,0 +1,141 @@
+"""``agentzt demo``: the whole story end to end, in a throwaway state directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import agentzt
+from agentzt.audit import read_events, verify_chain
+from agentzt.cli import app
+from agentzt.cli.audit_cmd import events_table
+from agentzt.config import Paths
+from agentzt.errors import AgentztError, ConfigError
+from agentzt.gateway import Gateway, create_app
+from agentzt.identity import enroll, read_private_key
+from agentzt.policy import load_policy
+from agentzt.proxy import create_proxy_app
+from agentzt.server import bind, running, url_of
+
+console = Console()
+DEMO_AGENT = "demo-agent-1"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    call: str
+    status: int
+    error_type: str | None
+    control: str
+
+
+EXPECTED = [
+    Expectation("model claude-sonnet-4-6 (in role)", 200, None, "identity + token + role allow-list"),
+    Expectation("model claude-opus-4-8 (not in role)", 403, "permission_error", "deny by default"),
+    Expectation("tool kb.search (in role)", 200, None, "tool allow-list"),
+    Expectation("tool email.send (no standing scope)", 403, "permission_error", "least agency"),
+    Expectation("tool db.query: DELETE …", 400, "invalid_request_error", "parameter validation (SQL parser)"),
+]
+
+
+def demo_dir() -> Path:
+    """The demo bundle: packaged inside a wheel, or the repository's ``demo/`` folder."""
+    package = Path(agentzt.__file__).parent
+    for candidate in (package / "_demo", package.parent / "demo"):
+        if (candidate / "agent.py").is_file():
+            return candidate
+    raise ConfigError("the demo bundle (demo/agent.py) is missing from this installation")
+
+
+def load_agent(directory: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("agentzt_demo_agent", directory / "agent.py")
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{directory / 'agent.py'}: cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the module executes.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _expected_text(e: Expectation) -> str:
+    return f"{e.status} {e.error_type}" if e.error_type else str(e.status)
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Run the end-to-end demo on free loopback ports; exit 0 only if every step is as expected."""
+    bundle = demo_dir()
+    agent = load_agent(bundle)
+    with tempfile.TemporaryDirectory(prefix="agentzt-demo-") as tmp:
+        paths = Paths(config_dir=Path(tmp) / "config", home=Path(tmp) / "home")
+        shutil.copytree(bundle / "config", paths.config_dir)
+        policy = load_policy(paths.policy_toml)
+        enroll(
+            registry_path=paths.agents_toml,
+            key_path=paths.identity_key(DEMO_AGENT),
+            agent_id=DEMO_AGENT,
+            role="demo-agent",
+            known_roles=policy.roles,
+            description="agentzt demo",
+        )
+        console.print(f"[bold]agentzt demo[/] — enrolled [bold]{DEMO_AGENT}[/] (role demo-agent) in {tmp}")
+        started = time.perf_counter()
+        gateway_sock = bind("127.0.0.1", 0)
+        gateway = Gateway(paths, public_url=url_of(gateway_sock))
+        proxy_sock = bind("127.0.0.1", 0)
+        proxy = create_proxy_app(
+            agent_id=DEMO_AGENT,
+            key=read_private_key(paths.identity_key(DEMO_AGENT)),
+            gateway_url=url_of(gateway_sock),
+        )
+        with running(create_app(gateway), gateway_sock) as gw, running(proxy, proxy_sock) as px:
+            console.print(f"gateway {gw.url}   client proxy {px.url}   (agent SDK base_url = proxy)\n")
+            outcomes = agent.run(px.url)
+        elapsed = time.perf_counter() - started
+        ok = _render_steps(outcomes)
+        events = read_events(paths.audit_log)
+        console.print(events_table(events, "Audit trail of this run"))
+        try:
+            report = verify_chain(paths.audit_log)
+            console.print(f"[green]audit chain verified[/]: {report.events} events, head {report.head_hash[:16]}…")
+        except AgentztError as exc:
+            console.print(f"[red]audit chain broken[/]: {exc.detail}")
+            ok = False
+    verdict = "[green]all steps as expected[/]" if ok else "[red]some steps were NOT as expected[/]"
+    console.print(f"{verdict} ({elapsed:.2f} s)")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _render_steps(outcomes: list[object]) -> bool:
+    table = Table(title="agentzt demo: every call went agent → client proxy → gateway")
+    for column in ("#", "call", "expected", "actual", "control demonstrated", "detail", ""):
+        table.add_column(column, overflow="fold")
+    all_ok = len(outcomes) == len(EXPECTED)
+    for number, (expected, outcome) in enumerate(zip(EXPECTED, outcomes, strict=False), start=1):
+        status, error_type = getattr(outcome, "status", None), getattr(outcome, "error_type", None)
+        ok = status == expected.status and error_type == expected.error_type
+        all_ok = all_ok and ok
+        actual = f"{status} {error_type}" if error_type else str(status)
+        table.add_row(
+            str(number),
+            expected.call,
+            _expected_text(expected),
+            actual,
+            expected.control,
+            str(getattr(outcome, "summary", ""))[:70],
+            "[green]✓[/]" if ok else "[red]✗[/]",
+        )
+    console.print(table)
+    return all_ok

@@ -1,0 +1,202 @@
+"""Settings: read once at start-up from TOML into frozen dataclasses.
+
+A file that does not parse or validate raises ConfigError with one line naming the file,
+the key and what to fix; nothing starts half-configured. Every gateway setting has a
+packaged default, so a missing ``gateway.toml`` is fine.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentzt.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def read_toml(path: Path, *, required: bool = False) -> dict[str, Any]:
+    """Parse ``path``; a missing optional file is an empty document."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: file not found") from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+
+
+class Table:
+    """A TOML table read key by key; unknown keys are an error when ``finish`` is called."""
+
+    def __init__(self, data: object, *, file: Path, prefix: str = "") -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: key '{prefix or '<root>'}' must be a table")
+        self._data: dict[str, Any] = data
+        self._file = file
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self._prefix}.{key}" if self._prefix else key
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._file}: key '{self._name(key)}' {problem}")
+
+    def _get(self, key: str, default: T, check: Callable[[Any], bool], expected: str) -> T:
+        self._seen.add(key)
+        if key not in self._data:
+            return default
+        value = self._data[key]
+        if not check(value):
+            raise self.fail(key, f"has value {value!r}; expected {expected}")
+        result: T = value
+        return result
+
+    def string(self, key: str, default: str, *, choices: tuple[str, ...] = ()) -> str:
+        expected = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
+        return self._get(
+            key,
+            default,
+            lambda v: isinstance(v, str) and (not choices or v in choices),
+            expected,
+        )
+
+    def optional_string(self, key: str) -> str | None:
+        value: str | None = self._get(key, None, lambda v: isinstance(v, str) and v != "", "a string")
+        return value
+
+    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
+        return self._get(
+            key,
+            default,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+            f"an integer from {low} to {high}",
+        )
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value: list[str] = self._get(
+            key,
+            [],
+            lambda v: isinstance(v, list) and all(isinstance(s, str) and s for s in v),
+            "a list of non-empty strings",
+        )
+        if len(set(value)) != len(value):
+            raise self.fail(key, "lists the same name twice")
+        return tuple(value)
+
+    def table(self, key: str) -> Table:
+        self._seen.add(key)
+        return Table(self._data.get(key, {}), file=self._file, prefix=self._name(key))
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise self.fail(unknown[0], "is not a known setting (check its spelling)")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where configuration and state live (``--config`` / ``--home``)."""
+
+    config_dir: Path
+    home: Path
+
+    @classmethod
+    def resolve(cls, config_dir: Path | None = None, home: Path | None = None) -> Paths:
+        return cls(
+            config_dir=(config_dir or Path(os.environ.get("AGENTZT_CONFIG", "config"))).absolute(),
+            home=(home or Path(os.environ.get("AGENTZT_HOME", ".agentzt"))).absolute(),
+        )
+
+    @property
+    def gateway_toml(self) -> Path:
+        return self.config_dir / "gateway.toml"
+
+    @property
+    def policy_toml(self) -> Path:
+        return self.config_dir / "policy.toml"
+
+    @property
+    def agents_toml(self) -> Path:
+        return self.config_dir / "agents.toml"
+
+    def identity_key(self, agent_id: str) -> Path:
+        return self.home / "identities" / f"{agent_id}.key"
+
+    @property
+    def gateway_key(self) -> Path:
+        return self.home / "gateway" / "signing.key"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.home / "audit" / "gateway-audit.jsonl"
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    access_token_ttl_seconds: int = 300
+    assertion_max_age_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    # Only the offline mock exists so far; "passthrough" to a real API comes later.
+    mode: str = "mock"
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``gateway.toml``. ``issuer`` None means "the URL the gateway is served at"."""
+
+    issuer: str | None = None
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+
+
+def load_gateway_settings(path: Path) -> GatewaySettings:
+    root = Table(read_toml(path), file=path)
+    gateway = root.table("gateway")
+    issuer = gateway.optional_string("issuer")
+    if issuer is not None and not issuer.startswith(("http://", "https://")):
+        raise gateway.fail("issuer", "must be an http(s) URL such as 'https://gateway.example'")
+    gateway.finish()
+
+    tokens_t = root.table("tokens")
+    tokens = TokenSettings(
+        access_token_ttl_seconds=tokens_t.integer("access_token_ttl_seconds", 300, low=10, high=3600),
+        assertion_max_age_seconds=tokens_t.integer("assertion_max_age_seconds", 60, low=5, high=300),
+    )
+    tokens_t.finish()
+
+    up = root.table("upstream")
+    upstream = UpstreamSettings(mode=up.string("mode", "mock", choices=("mock",)))
+    up.finish()
+
+    lim = root.table("limits")
+    limits = LimitSettings(
+        max_body_bytes=lim.integer("max_body_bytes", 1024 * 1024, low=1024, high=64 * 1024 * 1024)
+    )
+    lim.finish()
+    root.finish()
+    return GatewaySettings(issuer=issuer, tokens=tokens, upstream=upstream, limits=limits)

@@ -1,0 +1,207 @@
+"""The one error tree of agentzt.
+
+Every failure the package raises on purpose is an ``AgentztError``. Each class knows the
+HTTP status and Anthropic ``error.type`` the gateway answers with, and the exit code the
+CLI ends with. ``message`` is a fixed phrase safe to show anyone: it never echoes
+attacker-supplied data or secrets. ``detail`` is for the audit log and the operator.
+
+    AgentztError                      500 api_error              exit 1
+    ├── ConfigError                   (start-up only)            exit 2
+    ├── UsageError                    (CLI only)                 exit 2
+    ├── EnrollmentError               (CLI only)                 exit 1
+    ├── AuthenticationError           401 authentication_error
+    │   ├── TokenError                    a token failed one check
+    │   │   ├── MalformedTokenError           not a compact JWS we accept
+    │   │   ├── BadAlgorithmError             alg is not EdDSA, or typ is wrong
+    │   │   ├── InvalidSignatureError         signature does not verify
+    │   │   ├── MissingClaimError             a required claim is absent or mistyped
+    │   │   ├── ExpiredTokenError             exp is in the past
+    │   │   ├── ImmatureTokenError            iat/nbf is in the future
+    │   │   ├── LifetimeTooLongError          exp - iat over the maximum
+    │   │   ├── InvalidIssuerError            iss is not the one expected
+    │   │   ├── InvalidAudienceError          aud is not exactly the one expected
+    │   │   └── ReplayedTokenError            jti already seen
+    │   └── UnknownAgentError             no active identity for the subject
+    ├── PermissionDeniedError         403 permission_error
+    ├── InvalidRequestError           400 invalid_request_error
+    │   ├── UnsupportedGrantTypeError     token endpoint: not client_credentials
+    │   ├── InvalidScopeError             token endpoint: scope outside the role
+    │   └── ToolParameterError            tool arguments failed validation
+    ├── NotFoundError                 404 not_found_error
+    ├── RequestTooLargeError          413 request_too_large
+    ├── RateLimitedError              429 rate_limit_error       (retry_after)
+    ├── UpstreamError                 502 api_error
+    │   └── UpstreamTimeoutError      504 api_error
+    ├── AuditWriteError               503 api_error              exit 1
+    └── AuditChainError               (verify only)              exit 1
+"""
+
+from __future__ import annotations
+
+
+class AgentztError(Exception):
+    """Base class: a failure with a fixed public message and a private detail."""
+
+    status: int = 500
+    error_type: str = "api_error"
+    # The RFC 6749 error code used when this failure happens at the token endpoint.
+    oauth_error: str = "server_error"
+    exit_code: int = 1
+    message: str = "internal error"
+
+    def __init__(self, detail: str | None = None, *, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        self.detail = detail if detail is not None else self.message
+        super().__init__(self.detail)
+
+
+class ConfigError(AgentztError):
+    """A configuration file does not parse or validate; nothing starts."""
+
+    exit_code = 2
+    message = "invalid configuration"
+
+
+class UsageError(AgentztError):
+    """A command was called with arguments that cannot work."""
+
+    exit_code = 2
+    message = "bad usage"
+
+
+class EnrollmentError(AgentztError):
+    """Enrollment was refused; nothing was written."""
+
+    message = "enrollment refused"
+
+
+class AuthenticationError(AgentztError):
+    status = 401
+    error_type = "authentication_error"
+    oauth_error = "invalid_client"
+    message = "authentication failed"
+
+
+class TokenError(AuthenticationError):
+    message = "invalid token"
+
+
+class MalformedTokenError(TokenError):
+    message = "malformed token"
+
+
+class BadAlgorithmError(TokenError):
+    message = "token algorithm or type not accepted"
+
+
+class InvalidSignatureError(TokenError):
+    message = "token signature is invalid"
+
+
+class MissingClaimError(TokenError):
+    message = "token is missing a required claim"
+
+
+class ExpiredTokenError(TokenError):
+    message = "token has expired"
+
+
+class ImmatureTokenError(TokenError):
+    message = "token is not yet valid"
+
+
+class LifetimeTooLongError(TokenError):
+    message = "token lifetime exceeds the maximum"
+
+
+class InvalidIssuerError(TokenError):
+    message = "token issuer is not accepted"
+
+
+class InvalidAudienceError(TokenError):
+    message = "token audience is not accepted"
+
+
+class ReplayedTokenError(TokenError):
+    message = "token has already been used"
+
+
+class UnknownAgentError(AuthenticationError):
+    # IMPORTANT: the message must not reveal whether the agent id exists.
+    message = "authentication failed"
+
+
+class PermissionDeniedError(AgentztError):
+    status = 403
+    error_type = "permission_error"
+    message = "permission denied"
+
+
+class InvalidRequestError(AgentztError):
+    status = 400
+    error_type = "invalid_request_error"
+    oauth_error = "invalid_request"
+    message = "invalid request"
+
+
+class UnsupportedGrantTypeError(InvalidRequestError):
+    oauth_error = "unsupported_grant_type"
+    message = "only grant_type=client_credentials is supported"
+
+
+class InvalidScopeError(InvalidRequestError):
+    oauth_error = "invalid_scope"
+    message = "requested scope is not available to this client"
+
+
+class ToolParameterError(InvalidRequestError):
+    message = "tool arguments failed validation"
+
+
+class NotFoundError(AgentztError):
+    status = 404
+    error_type = "not_found_error"
+    message = "not found"
+
+
+class RequestTooLargeError(AgentztError):
+    status = 413
+    error_type = "request_too_large"
+    message = "request body is too large"
+
+
+class RateLimitedError(AgentztError):
+    status = 429
+    oauth_error = "slow_down"
+    error_type = "rate_limit_error"
+    message = "rate limit exceeded"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class UpstreamError(AgentztError):
+    status = 502
+    message = "upstream model API failed"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    message = "upstream model API timed out"
+
+
+class AuditWriteError(AgentztError):
+    status = 503
+    message = "audit log unavailable; request refused"
+
+
+class AuditChainError(AgentztError):
+    """The audit log failed verification at ``seq``."""
+
+    message = "audit chain verification failed"
+
+    def __init__(self, detail: str, *, seq: int) -> None:
+        super().__init__(detail)
+        self.seq = seq

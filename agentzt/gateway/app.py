@@ -1,0 +1,119 @@
+"""The gateway's ASGI application: one dispatcher, so every request, routed or not,
+allowed or denied, goes through the same audit path."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentzt.errors import AgentztError, AuditWriteError, NotFoundError
+from agentzt.gateway import routes
+from agentzt.wire import (
+    REQUEST_ID_HEADER,
+    error_response,
+    oauth_error_response,
+    request_id_of,
+)
+from agentzt.gateway.service import Call, Gateway
+from agentzt.policy.load import RESOURCE_NAME
+
+log = logging.getLogger("agentzt.gateway")
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+# (method, path) -> (audit action, handler)
+ROUTES: dict[tuple[str, str], tuple[str, routes.Handler]] = {
+    ("GET", "/healthz"): ("health.check", routes.healthz),
+    ("GET", "/.well-known/jwks.json"): ("discovery.jwks", routes.jwks),
+    ("GET", "/.well-known/oauth-authorization-server"): ("discovery.metadata", routes.metadata),
+    ("POST", "/v1/token"): ("token.issue", routes.token),
+    ("POST", "/v1/messages"): ("model.call", routes.messages),
+    ("POST", "/v1/messages/count_tokens"): ("model.count_tokens", routes.count_tokens),
+    ("GET", "/v1/models"): ("model.list", routes.models),
+    ("GET", "/v1/tools"): ("tool.list", routes.tools),
+}
+TOOL_PREFIX = "/v1/tools/"
+KNOWN_PATHS = {path for _, path in ROUTES}
+
+
+async def _not_found(gw: Gateway, request: Request, call: Call) -> Response:
+    raise NotFoundError("no such route")
+
+
+async def _wrong_method(gw: Gateway, request: Request, call: Call) -> Response:
+    raise NotFoundError("method not allowed on this route", message="no such route for this method")
+
+
+def resolve(method: str, path: str) -> tuple[str, routes.Handler]:
+    found = ROUTES.get((method, path))
+    if found is not None:
+        return found
+    if path.startswith(TOOL_PREFIX):
+        name = path[len(TOOL_PREFIX) :]
+        if method == "POST" and RESOURCE_NAME.match(name):
+            return "tool.call", routes.tool_call(name)
+        return "tool.call", _not_found if method == "POST" else _wrong_method
+    if path in KNOWN_PATHS:
+        return "route.unknown", _wrong_method
+    return "route.unknown", _not_found
+
+
+def create_app(gw: Gateway) -> Starlette:
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = request_id_of(request.headers)
+        action, handler = resolve(request.method, request.url.path)
+        call = Call(request_id=request_id, action=action, started=started)
+        decision = "allow"
+        try:
+            response = await handler(gw, request, call)
+        except AgentztError as exc:
+            decision, call.reason = "deny", exc.detail
+            response = _deny(exc, action, request_id)
+        except Exception as exc:  # fail closed, and audit it like any other deny
+            log.exception("unexpected error handling %s", action)
+            decision, call.reason = "deny", f"internal error: {type(exc).__name__}"
+            response = _deny(AgentztError(), action, request_id)
+        if action == "token.issue" and decision == "deny":
+            call.action = action = "token.reject"
+        try:
+            gw.audit.append(
+                request_id=request_id,
+                agent_id=call.agent_id,
+                role=call.role,
+                action=action,
+                resource=call.resource,
+                decision=decision,
+                reason=call.reason,
+                status=response.status_code,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                meta=call.meta,
+            )
+        except AuditWriteError as exc:
+            # IMPORTANT: a decision that cannot be recorded is not delivered.
+            log.error("audit write failed: %s", exc.detail)
+            response = _deny(exc, action, request_id)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        gw.close()
+
+    return Starlette(
+        routes=[Route("/{path:path}", endpoint, methods=METHODS)],
+        lifespan=lifespan,
+    )
+
+
+def _deny(exc: AgentztError, action: str, request_id: str) -> Response:
+    if action.startswith("token."):
+        return oauth_error_response(exc)
+    return error_response(exc, request_id)

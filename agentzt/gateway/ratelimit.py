@@ -1,0 +1,61 @@
+"""Per-agent request rate limits: a sliding-window counter with O(1) work per call."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from agentzt.errors import RateLimitedError
+
+
+class SlidingWindowLimiter:
+    """Counts requests in the current and previous fixed window and weighs the previous
+    one by how much of it still overlaps the sliding window. Two integers per key, so
+    the cost of a call never grows with recent traffic.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, window_seconds: float = 60.0) -> None:
+        self._clock = clock
+        self._window = window_seconds
+        # key -> [window start, previous window's count, current window's count]
+        self._state: dict[str, list[float]] = {}
+
+    def hit(self, key: str, limit: int) -> None:
+        """Count one request for ``key``; raise RateLimitedError if it is over ``limit``."""
+        now = self._clock()
+        window = self._window
+        start = now - (now % window)
+        state = self._state.get(key)
+        if state is None:
+            if len(self._state) > 100_000:
+                self._forget_idle(start)
+            state = self._state[key] = [start, 0.0, 0.0]
+        elif state[0] != start:
+            # The previous window only counts if it is the one right before this one.
+            state[1] = state[2] if start - state[0] == window else 0.0
+            state[2] = 0.0
+            state[0] = start
+        elapsed = (now - start) / window
+        estimate = state[1] * (1.0 - elapsed) + state[2]
+        if estimate + 1 > limit:
+            raise RateLimitedError(
+                f"{limit} requests per {int(window)} s exceeded",
+                retry_after=self._retry_after(state, limit, now),
+            )
+        state[2] += 1
+
+    def _retry_after(self, state: list[float], limit: int, now: float) -> int:
+        start, previous, current = state
+        window = self._window
+        if current + 1 > limit or previous == 0:
+            wait = start + window - now
+        else:
+            # Solve previous * (1 - t/window) + current + 1 <= limit for t.
+            t = window * (1.0 - (limit - current - 1) / previous)
+            wait = start + t - now
+        return max(1, math.ceil(wait))
+
+    def _forget_idle(self, start: float) -> None:
+        stale = [k for k, s in self._state.items() if start - s[0] > self._window]
+        for key in stale:
+            del self._state[key]

@@ -1,0 +1,203 @@
+"""The gateway's endpoints. Each takes the Gateway, the request and the Call record,
+returns a Response on success and raises an AgentztError to deny."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentzt.errors import (
+    InvalidRequestError,
+    InvalidScopeError,
+    NotFoundError,
+    UnsupportedGrantTypeError,
+)
+from agentzt.gateway import mock_upstream
+from agentzt.wire import json_response, parse_json_object, read_body
+from agentzt.gateway.service import Call, Gateway
+from agentzt.identity import CLIENT_ASSERTION_TYPE
+from agentzt.policy import Resource, Role
+
+Handler = Callable[[Gateway, Request, Call], Awaitable[Response]]
+TOKEN_BODY_LIMIT = 16 * 1024
+MODEL_CREATED_AT = "2025-01-01T00:00:00Z"
+
+
+async def healthz(gw: Gateway, request: Request, call: Call) -> Response:
+    call.reason = "health check"
+    return json_response({"status": "ok"})
+
+
+async def jwks(gw: Gateway, request: Request, call: Call) -> Response:
+    call.reason = "public keys"
+    return json_response({"keys": [gw.public_key.jwk()]})
+
+
+async def metadata(gw: Gateway, request: Request, call: Call) -> Response:
+    call.reason = "server metadata"
+    return json_response(
+        {
+            "issuer": gw.issuer,
+            "token_endpoint": gw.token_endpoint,
+            "jwks_uri": f"{gw.issuer}/.well-known/jwks.json",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+            "response_types_supported": [],
+            "scopes_supported": sorted(
+                {s for role in gw.policy.roles.values() for s in role.scope}
+            ),
+        }
+    )
+
+
+def _form(body: bytes, request: Request) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequestError("token request must be application/x-www-form-urlencoded")
+    try:
+        fields = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError("token request body is not a valid form") from exc
+    if any(len(values) != 1 for values in fields.values()):
+        raise InvalidRequestError("a token request parameter is repeated")
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def token(gw: Gateway, request: Request, call: Call) -> Response:
+    """RFC 6749 client_credentials with an RFC 7523 private_key_jwt assertion."""
+    form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
+    if form.get("grant_type") != "client_credentials":
+        raise UnsupportedGrantTypeError("grant_type is not client_credentials")
+    if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        raise InvalidRequestError("client_assertion_type is not jwt-bearer")
+    agent_id = gw.assertions.verify(form.get("client_assertion"))
+    record = gw.registry.active(agent_id)
+    call.agent_id, call.role = agent_id, record.role
+    role = gw.policy.roles.get(record.role)
+    if role is None:
+        raise InvalidScopeError(f"role {record.role} is not in the live policy")
+    granted = role.scope
+    if "scope" in form:
+        wanted = form["scope"].split()
+        if not set(wanted) <= set(granted):
+            raise InvalidScopeError("requested scope exceeds the role's standing scope")
+        granted = [s for s in granted if s in wanted]
+    if "client_id" in form and form["client_id"] != agent_id:
+        raise InvalidRequestError("client_id does not match the assertion's subject")
+    access_token, claims = gw.issuer_of_tokens.issue(agent_id, role.name, granted)
+    call.reason = f"issued to {agent_id} for role {role.name}"
+    call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
+    return json_response(
+        {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": claims.exp - claims.iat,
+            "scope": " ".join(granted),
+        },
+        headers={"cache-control": "no-store", "pragma": "no-cache"},
+    )
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    value = body.get("max_tokens")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError("max_tokens must be a positive integer")
+    return value
+
+
+def _check_messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise InvalidRequestError("each message needs role 'user' or 'assistant'")
+        if not isinstance(message.get("content"), str | list):
+            raise InvalidRequestError("each message needs content: a string or a list of blocks")
+
+
+async def _model_request(
+    gw: Gateway, request: Request, call: Call
+) -> tuple[dict[str, Any], Role]:
+    """Steps 1-3 for model routes: authenticate, read, authorize the model, rate limit."""
+    claims = gw.authenticate(request, call)
+    body = parse_json_object(await read_body(request, gw.max_body_bytes))
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model is required")
+    gw.authorize(call, claims, Resource("model", model))
+    gw.rate_limit(claims)
+    _check_messages(body)
+    return body, gw.role_of(claims)
+
+
+async def messages(gw: Gateway, request: Request, call: Call) -> Response:
+    body, role = await _model_request(gw, request, call)
+    limit = role.limits.max_output_tokens
+    max_tokens = _max_tokens(body)
+    if max_tokens > limit:
+        raise InvalidRequestError(
+            f"max_tokens {max_tokens} over the role limit {limit}",
+            message=f"max_tokens is above this agent's limit of {limit}",
+        )
+    if body.get("stream") is True:
+        raise InvalidRequestError("streaming is not supported yet", message="stream=true is not supported yet")
+    result = mock_upstream.message(body)
+    call.meta["usage"] = result["usage"]
+    return json_response(result)
+
+
+async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
+    body, _ = await _model_request(gw, request, call)
+    return json_response({"input_tokens": mock_upstream.estimate_tokens(body)})
+
+
+async def models(gw: Gateway, request: Request, call: Call) -> Response:
+    claims = gw.authenticate(request, call)
+    gw.rate_limit(claims)
+    names = gw.allowed_for(claims, "model")
+    call.reason = f"listed {len(names)} allowed models"
+    data = [
+        {"type": "model", "id": n, "display_name": n, "created_at": MODEL_CREATED_AT}
+        for n in names
+    ]
+    return json_response(
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+    )
+
+
+async def tools(gw: Gateway, request: Request, call: Call) -> Response:
+    claims = gw.authenticate(request, call)
+    gw.rate_limit(claims)
+    names = [n for n in gw.allowed_for(claims, "tool") if n in gw.toolbox.names()]
+    call.reason = f"listed {len(names)} allowed tools"
+    return json_response({"tools": [gw.toolbox.describe(n) for n in names]})
+
+
+def tool_call(name: str) -> Handler:
+    async def handler(gw: Gateway, request: Request, call: Call) -> Response:
+        claims = gw.authenticate(request, call)
+        call.resource = f"tool:{name}"
+        # Authenticated callers only learn which tools exist.
+        if name not in gw.toolbox.names():
+            raise NotFoundError("unknown tool", message="unknown tool")
+        gw.authorize(call, claims, Resource("tool", name))
+        gw.rate_limit(claims)
+        body = parse_json_object(await read_body(request, gw.max_body_bytes))
+        if set(body) - {"arguments"}:
+            raise InvalidRequestError("unknown field in tool call body; only 'arguments' is accepted")
+        arguments = gw.toolbox.validate(name, body.get("arguments", {}))
+        output = gw.toolbox.run(name, arguments)
+        return json_response({"ok": True, "output": output})
+
+    return handler

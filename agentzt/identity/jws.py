@@ -1,0 +1,170 @@
+"""Compact JWS with EdDSA only, and the strict claim checks every agentzt token shares.
+
+pyjwt parses and serializes the compact form; the signature itself is made and checked
+by libsodium through ``SigningKey`` / ``VerifyKey``. Claim validation is our own so the
+profile is exact: required claims with their JSON types, a single-string ``aud`` that
+must match exactly, bounded lifetimes, duplicate JSON keys refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jwt
+from jwt.algorithms import Algorithm
+
+from agentzt.errors import (
+    BadAlgorithmError,
+    ExpiredTokenError,
+    ImmatureTokenError,
+    InvalidAudienceError,
+    InvalidIssuerError,
+    LifetimeTooLongError,
+    MalformedTokenError,
+    MissingClaimError,
+)
+from agentzt.identity.keys import SigningKey, VerifyKey
+
+ALGORITHM = "EdDSA"
+# A token larger than this is refused before any parsing work is done.
+MAX_TOKEN_CHARS = 8192
+MAX_STRING_CLAIM = 256
+REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti")
+# Header parameters that would let the token name its own key or its own rules.
+# IMPORTANT: keys come only from the registry or the gateway's own key, never from here.
+FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+
+
+class _Ed25519(Algorithm):
+    """EdDSA over libsodium, so pyjwt never picks a verifier we did not choose."""
+
+    def prepare_key(self, key: Any) -> Any:
+        if isinstance(key, SigningKey | VerifyKey):
+            return key
+        raise jwt.InvalidKeyError("agentzt keys only")
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        assert isinstance(key, SigningKey)
+        return key.sign(msg)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        # Unused: decode() below verifies through VerifyKey directly.
+        return False
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise jwt.InvalidKeyError("not supported")
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise jwt.InvalidKeyError("not supported")
+
+
+# IMPORTANT: an empty allow-list drops every default algorithm (HS256, none, RSA...),
+# so the only algorithm this instance knows is ours.
+_JWS = jwt.PyJWS(algorithms=[])
+_JWS.register_algorithm(ALGORITHM, _Ed25519())
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError("duplicate key")
+        result[key] = value
+    return result
+
+
+def encode(claims: Mapping[str, Any], key: SigningKey, *, headers: Mapping[str, Any]) -> str:
+    payload = json.dumps(claims, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _JWS.encode(payload, key, algorithm=ALGORITHM, headers=dict(headers))  # type: ignore[arg-type]
+
+
+def decode(
+    token: object,
+    key_for: Callable[[Mapping[str, Any], Mapping[str, Any]], VerifyKey],
+    *,
+    typ: frozenset[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify ``token`` and return ``(header, claims)``; raise a TokenError otherwise.
+
+    ``key_for(header, claims)`` picks the key from trusted state (the registry, the
+    gateway key) using the unverified claims; the signature is then checked with it.
+    ``typ`` lists the accepted ``typ`` header values, lower-cased ("" for absent).
+    """
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise MalformedTokenError("token missing, not a string or too large")
+    try:
+        parts = _JWS.decode_complete(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, RecursionError) as exc:
+        raise MalformedTokenError("not a compact JWS") from exc
+    header: dict[str, Any] = parts["header"]
+    # IMPORTANT: the accepted algorithm is pinned here, never read from the token.
+    if header.get("alg") != ALGORITHM:
+        raise BadAlgorithmError("alg is not EdDSA")
+    if FORBIDDEN_HEADERS.intersection(header):
+        raise BadAlgorithmError("header carries key material or critical extensions")
+    token_typ = header.get("typ", "")
+    if not isinstance(token_typ, str) or token_typ.lower().removeprefix("application/") not in typ:
+        raise BadAlgorithmError("typ header not accepted for this token kind")
+    claims = parse_claims(parts["payload"])
+    key = key_for(header, claims)
+    signing_input = token.rsplit(".", 1)[0].encode("ascii", "strict")
+    key.verify(signing_input, parts["signature"])
+    return header, claims
+
+
+def parse_claims(payload: bytes) -> dict[str, Any]:
+    try:
+        claims = json.loads(
+            payload, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError) as exc:
+        raise MalformedTokenError("payload is not a JSON object") from exc
+    if not isinstance(claims, dict):
+        raise MalformedTokenError("payload is not a JSON object")
+    for name in REQUIRED_CLAIMS:
+        if name not in claims:
+            raise MissingClaimError(f"claim {name} missing")
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise MissingClaimError(f"claim {name} is not a NumericDate")
+    for name in ("iss", "sub", "jti", "aud"):
+        value = claims[name]
+        if not isinstance(value, str) or not value or len(value) > MAX_STRING_CLAIM:
+            raise MissingClaimError(f"claim {name} is not a non-empty string")
+    return claims
+
+
+def check_time_and_audience(
+    claims: Mapping[str, Any],
+    *,
+    issuer: str | None,
+    audience: str,
+    now: float,
+    leeway: float,
+    max_lifetime: float,
+) -> None:
+    """Raise unless the token is current, not too long-lived, and meant for us."""
+    if issuer is not None and claims["iss"] != issuer:
+        raise InvalidIssuerError("iss does not match")
+    # IMPORTANT: exact string match; a list or a prefix of the audience is refused.
+    if claims["aud"] != audience:
+        raise InvalidAudienceError("aud does not match")
+    exp, iat = claims["exp"], claims["iat"]
+    if exp <= iat:
+        raise LifetimeTooLongError("exp is not after iat")
+    if exp - iat > max_lifetime:
+        raise LifetimeTooLongError("lifetime over the maximum")
+    if now > exp + leeway:
+        raise ExpiredTokenError("exp is in the past")
+    if iat > now + leeway or claims.get("nbf", 0) > now + leeway:
+        raise ImmatureTokenError("iat or nbf is in the future")

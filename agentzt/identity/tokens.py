@@ -1,0 +1,181 @@
+"""The token profiles: client assertion (RFC 7523) and access token (RFC 9068).
+
+Each verifier raises a TokenError subclass for the first check that fails and returns
+typed claims when all pass. Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentzt.errors import BadAlgorithmError, MissingClaimError
+from agentzt.identity import jws
+from agentzt.identity.keys import SigningKey, VerifyKey
+from agentzt.identity.replay import ReplayCache
+
+Clock = Callable[[], float]
+CLOCK_SKEW_SECONDS = 30
+ASSERTION_TYP = frozenset({"", "jwt"})
+ACCESS_TOKEN_TYP = frozenset({"at+jwt"})
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(18)
+
+
+# --- client assertion: made by the proxy, checked by the token endpoint ---------------
+
+
+def make_assertion(
+    key: SigningKey, agent_id: str, *, audience: str, now: float, ttl: int = 60
+) -> str:
+    """A single-use private_key_jwt assertion proving the agent holds ``key``."""
+    claims = {
+        "iss": agent_id,
+        "sub": agent_id,
+        "aud": audience,
+        "iat": int(now),
+        "exp": int(now) + ttl,
+        "jti": new_jti(),
+    }
+    return jws.encode(claims, key, headers={"kid": agent_id, "typ": "JWT"})
+
+
+class AssertionVerifier:
+    """Checks client assertions at ``POST /v1/token``."""
+
+    def __init__(
+        self,
+        *,
+        audience: str,
+        key_lookup: Callable[[str], VerifyKey],
+        replay: ReplayCache,
+        clock: Clock,
+        max_age: int,
+        leeway: int = CLOCK_SKEW_SECONDS,
+    ) -> None:
+        self._audience = audience
+        self._key_lookup = key_lookup
+        self._replay = replay
+        self._clock = clock
+        self._max_age = max_age
+        self._leeway = leeway
+
+    def verify(self, assertion: object) -> str:
+        """Return the authenticated agent id."""
+
+        def key_for(header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
+            # IMPORTANT: the key is the one registered for the claimed agent; nothing
+            # in the token can substitute another key.
+            if claims["iss"] != claims["sub"] or header.get("kid", claims["sub"]) != claims["sub"]:
+                raise MissingClaimError("iss, sub and kid must name the same agent")
+            return self._key_lookup(claims["sub"])
+
+        _, claims = jws.decode(assertion, key_for, typ=ASSERTION_TYP)
+        jws.check_time_and_audience(
+            claims,
+            issuer=None,
+            audience=self._audience,
+            now=self._clock(),
+            leeway=self._leeway,
+            max_lifetime=self._max_age,
+        )
+        # Only a verified, current assertion consumes its jti, so garbage cannot fill the cache.
+        self._replay.use(f"assertion\x00{claims['sub']}\x00{claims['jti']}", until=claims["exp"] + self._leeway)
+        agent_id: str = claims["sub"]
+        return agent_id
+
+
+# --- access token: issued and checked by the gateway -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    agent_id: str
+    role: str
+    scope: frozenset[str]
+    jti: str
+    iat: int
+    exp: int
+
+
+class AccessTokenIssuer:
+    def __init__(self, key: SigningKey, *, issuer: str, ttl: int, clock: Clock) -> None:
+        self._key = key
+        self._issuer = issuer
+        self._ttl = ttl
+        self._clock = clock
+        self._headers = {"typ": "at+jwt", "kid": key.public.kid}
+
+    def issue(self, agent_id: str, role: str, scope: list[str]) -> tuple[str, AccessClaims]:
+        now = int(self._clock())
+        claims = AccessClaims(
+            agent_id=agent_id,
+            role=role,
+            scope=frozenset(scope),
+            jti=new_jti(),
+            iat=now,
+            exp=now + self._ttl,
+        )
+        payload = {
+            "iss": self._issuer,
+            "sub": agent_id,
+            "aud": self._issuer,
+            "client_id": agent_id,
+            "role": role,
+            "scope": " ".join(scope),
+            "iat": claims.iat,
+            "exp": claims.exp,
+            "jti": claims.jti,
+        }
+        return jws.encode(payload, self._key, headers=self._headers), claims
+
+
+class AccessTokenVerifier:
+    """Checks bearer tokens on every resource call."""
+
+    def __init__(
+        self,
+        key: VerifyKey,
+        *,
+        issuer: str,
+        max_ttl: int,
+        clock: Clock,
+        leeway: int = CLOCK_SKEW_SECONDS,
+    ) -> None:
+        self._key = key
+        self._issuer = issuer
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self._leeway = leeway
+
+    def _key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
+        if header.get("kid", self._key.kid) != self._key.kid:
+            raise BadAlgorithmError("kid is not the gateway key")
+        return self._key
+
+    def verify(self, token: object) -> AccessClaims:
+        _, claims = jws.decode(token, self._key_for, typ=ACCESS_TOKEN_TYP)
+        jws.check_time_and_audience(
+            claims,
+            issuer=self._issuer,
+            audience=self._issuer,
+            now=self._clock(),
+            leeway=self._leeway,
+            max_lifetime=self._max_ttl,
+        )
+        role, scope = claims.get("role"), claims.get("scope")
+        if not isinstance(role, str) or not isinstance(scope, str):
+            raise MissingClaimError("role or scope missing")
+        return AccessClaims(
+            agent_id=claims["sub"],
+            role=role,
+            scope=frozenset(scope.split()),
+            jti=claims["jti"],
+            iat=int(claims["iat"]),
+            exp=int(claims["exp"]),
+        )

@@ -1,0 +1,110 @@
+"""The proxy's token session: proves the agent's identity and keeps a fresh access token.
+
+The access token lives only in this object's memory; it never reaches the agent's code
+or the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from agentzt.errors import AuthenticationError, UpstreamError
+from agentzt.identity import CLIENT_ASSERTION_TYPE, SigningKey, make_assertion
+
+Clock = Callable[[], float]
+# Refresh once this share of a token's lifetime has passed, well before it expires.
+REFRESH_AT = 0.8
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    refresh_after: float
+    expires_at: float
+
+
+class TokenSession:
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        key: SigningKey,
+        gateway_url: str,
+        http: aiohttp.ClientSession,
+        clock: Clock = time.time,
+    ) -> None:
+        self.agent_id = agent_id
+        self._key = key
+        self._gateway_url = gateway_url.rstrip("/")
+        self._http = http
+        self._clock = clock
+        self._token: _Token | None = None
+        self._token_endpoint: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        """A current access token, fetched or refreshed as needed."""
+        current = self._token
+        if current is not None and self._clock() < current.refresh_after:
+            return current.value
+        return await self.refresh(stale=current.value if current else None)
+
+    async def refresh(self, *, stale: str | None) -> str:
+        """Get a new token unless another task already replaced ``stale``."""
+        async with self._lock:
+            current = self._token
+            if current is not None and current.value != stale and self._clock() < current.expires_at:
+                return current.value
+            self._token = await self._request_token()
+            return self._token.value
+
+    async def _discover(self) -> str:
+        # The assertion's audience is the token endpoint the gateway advertises (RFC 8414).
+        if self._token_endpoint is None:
+            url = f"{self._gateway_url}/.well-known/oauth-authorization-server"
+            body = await self._get_json(url)
+            endpoint = body.get("token_endpoint")
+            if not isinstance(endpoint, str):
+                raise UpstreamError("gateway metadata has no token_endpoint")
+            self._token_endpoint = endpoint
+        return self._token_endpoint
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            async with self._http.get(url) as resp:
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
+        if not isinstance(body, dict):
+            raise UpstreamError("gateway metadata is not a JSON object")
+        return body
+
+    async def _request_token(self) -> _Token:
+        audience = await self._discover()
+        now = self._clock()
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": make_assertion(self._key, self.agent_id, audience=audience, now=now),
+        }
+        try:
+            async with self._http.post(f"{self._gateway_url}/v1/token", data=form) as resp:
+                status = resp.status
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise UpstreamError(f"token request failed: {type(exc).__name__}") from exc
+        if status != 200 or not isinstance(body, dict) or "access_token" not in body:
+            error = body.get("error") if isinstance(body, dict) else None
+            raise AuthenticationError(f"gateway refused the token request ({status} {error})")
+        lifetime = float(body.get("expires_in", 60))
+        return _Token(
+            value=str(body["access_token"]),
+            refresh_after=now + lifetime * REFRESH_AT,
+            expires_at=now + lifetime,
+        )

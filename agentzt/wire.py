@@ -1,0 +1,107 @@
+"""Wire helpers shared by the gateway and the proxy: request ids, bounded bodies, strict
+JSON, and the Anthropic and OAuth error shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentzt.errors import AgentztError, InvalidRequestError, RateLimitedError, RequestTooLargeError
+
+REQUEST_ID_HEADER = "x-agentzt-request-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Deeply nested JSON is refused before it can exhaust the parser's recursion.
+MAX_JSON_DEPTH = 64
+
+
+def request_id_of(headers: Headers) -> str:
+    """The caller's request id when it is well-formed, else a fresh one."""
+    given = headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return f"req_{uuid.uuid4().hex}"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes before and while reading."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequestError("content-length is not a number")
+        if int(declared) > limit:
+            raise RequestTooLargeError(f"content-length {int(declared)} over {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLargeError(f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth_ok(body: bytes) -> bool:
+    # A cheap upper bound on nesting: count openers without parsing. Brackets inside
+    # strings can only make the bound stricter, never let deep input through.
+    depth = 0
+    for byte in body:
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting, an object at the top."""
+    if len(body) > 4096 and not _depth_ok(body):
+        raise InvalidRequestError("JSON nested too deeply")
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidRequestError("body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError("body must be a JSON object")
+    return value
+
+
+def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: AgentztError, request_id: str) -> Response:
+    """The Anthropic error envelope with the fixed public message of ``exc``."""
+    headers = {}
+    if isinstance(exc, RateLimitedError):
+        headers["retry-after"] = str(exc.retry_after)
+    payload = {
+        "type": "error",
+        "error": {"type": exc.error_type, "message": exc.message},
+        "request_id": request_id,
+    }
+    return json_response(payload, exc.status, headers)
+
+
+def oauth_error_response(exc: AgentztError) -> Response:
+    """RFC 6749 section 5.2 error body for the token endpoint."""
+    status = 401 if exc.status == 401 else (429 if exc.status == 429 else 400)
+    if exc.status >= 500:
+        status = exc.status
+    headers = {"cache-control": "no-store"}
+    if isinstance(exc, RateLimitedError):
+        headers["retry-after"] = str(exc.retry_after)
+    payload = {"error": exc.oauth_error, "error_description": exc.message}
+    return json_response(payload, status, headers)

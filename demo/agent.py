@@ -1,0 +1,81 @@
+"""The demo agent: an ordinary agent that holds no secret.
+
+It talks to models with the official Anthropic SDK and to tools over plain HTTP, both
+pointed at its local agentzt client proxy. Its API key is a dummy that the proxy drops:
+the only credential in play is the proxy's own Ed25519 key.
+
+Run by ``agentzt demo``; ``run(proxy_url)`` returns one outcome a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx
+
+DUMMY_API_KEY = "sk-ant-dummy-the-proxy-drops-this"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    error_type: str | None
+    summary: str
+    request_id: str | None
+
+
+def _error_outcome(exc: anthropic.APIStatusError) -> Outcome:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
+    return Outcome(
+        status=exc.status_code,
+        error_type=error.get("type"),
+        summary=str(error.get("message", exc.message)),
+        request_id=exc.response.headers.get("x-agentzt-request-id"),
+    )
+
+
+def ask(client: anthropic.Anthropic, model: str, prompt: str) -> Outcome:
+    try:
+        raw = client.messages.with_raw_response.create(
+            model=model,
+            max_tokens=256,
+            messages=[{"role": "user", "content": prompt}],
+        )
+    except anthropic.APIStatusError as exc:
+        return _error_outcome(exc)
+    message = raw.parse()
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return Outcome(200, None, text[:90], raw.headers.get("x-agentzt-request-id"))
+
+
+def call_tool(http: httpx.Client, name: str, arguments: dict[str, Any]) -> Outcome:
+    response = http.post(f"/v1/tools/{name}", json={"arguments": arguments})
+    body = response.json()
+    request_id = response.headers.get("x-agentzt-request-id")
+    if response.status_code == 200:
+        return Outcome(200, None, str(body.get("output"))[:90], request_id)
+    error = body.get("error", {})
+    return Outcome(response.status_code, error.get("type"), str(error.get("message")), request_id)
+
+
+def steps(client: anthropic.Anthropic, http: httpx.Client) -> list[Callable[[], Outcome]]:
+    """The calls, in the order of ``agentzt demo``'s table."""
+    return [
+        lambda: ask(client, "claude-sonnet-4-6", "Summarise our VPN policy in one line."),
+        lambda: ask(client, "claude-opus-4-8", "Same question, bigger model please."),
+        lambda: call_tool(http, "kb.search", {"query": "vpn policy"}),
+        lambda: call_tool(
+            http, "email.send", {"to": "cfo@example.com", "subject": "Q3", "body": "Numbers attached."}
+        ),
+        lambda: call_tool(http, "db.query", {"sql": "DELETE FROM employees WHERE 1=1"}),
+    ]
+
+
+def run(proxy_url: str) -> list[Outcome]:
+    client = anthropic.Anthropic(base_url=proxy_url, api_key=DUMMY_API_KEY, max_retries=0)
+    with httpx.Client(base_url=proxy_url, timeout=30) as http:
+        return [step() for step in steps(client, http)]
