@@ -71,7 +71,9 @@ class Table:
         )
 
     def optional_string(self, key: str) -> str | None:
-        value: str | None = self._get(key, None, lambda v: isinstance(v, str) and v != "", "a string")
+        value: str | None = self._get(
+            key, None, lambda v: isinstance(v, str) and v != "", "a string"
+        )
         return value
 
     def integer(self, key: str, default: int, *, low: int, high: int) -> int:
@@ -100,7 +102,7 @@ class Table:
     def has(self, key: str) -> bool:
         return key in self._data
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self._data)
 
     def finish(self) -> None:
@@ -184,8 +186,12 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
 
     tokens_t = root.table("tokens")
     tokens = TokenSettings(
-        access_token_ttl_seconds=tokens_t.integer("access_token_ttl_seconds", 300, low=10, high=3600),
-        assertion_max_age_seconds=tokens_t.integer("assertion_max_age_seconds", 60, low=5, high=300),
+        access_token_ttl_seconds=tokens_t.integer(
+            "access_token_ttl_seconds", 300, low=10, high=3600
+        ),
+        assertion_max_age_seconds=tokens_t.integer(
+            "assertion_max_age_seconds", 60, low=5, high=300
+        ),
     )
     tokens_t.finish()
 

@@ -72,8 +72,8 @@ class BackgroundServer:
         self.url = url_of(sock)
         self._sock = sock
         self._server = uvicorn.Server(_config(app))
-        # Signal handlers belong to the main thread's owner, not to us.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn installs signal handlers only on the main thread, so the owner of the
+        # process keeps Ctrl-C.
         self._thread = threading.Thread(target=self._run, name=f"uvicorn {self.url}", daemon=True)
         self.error: BaseException | None = None
 

@@ -77,7 +77,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 

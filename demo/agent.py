@@ -69,7 +69,9 @@ def steps(client: anthropic.Anthropic, http: httpx.Client) -> list[Callable[[], 
         lambda: ask(client, "claude-opus-4-8", "Same question, bigger model please."),
         lambda: call_tool(http, "kb.search", {"query": "vpn policy"}),
         lambda: call_tool(
-            http, "email.send", {"to": "cfo@example.com", "subject": "Q3", "body": "Numbers attached."}
+            http,
+            "email.send",
+            {"to": "cfo@example.com", "subject": "Q3", "body": "Numbers attached."},
         ),
         lambda: call_tool(http, "db.query", {"sql": "DELETE FROM employees WHERE 1=1"}),
     ]

@@ -32,11 +32,15 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", envvar="AGENTZT_CONFIG", help="Config directory.", show_default="./config"),
+        typer.Option(
+            "--config", envvar="AGENTZT_CONFIG", help="Config directory.", show_default="./config"
+        ),
     ] = None,
     home: Annotated[
         Path | None,
-        typer.Option("--home", envvar="AGENTZT_HOME", help="State directory.", show_default="./.agentzt"),
+        typer.Option(
+            "--home", envvar="AGENTZT_HOME", help="State directory.", show_default="./.agentzt"
+        ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[

@@ -18,7 +18,17 @@ console = Console()
 
 def events_table(events: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for column in ("seq", "time", "request id", "agent", "action", "resource", "decision", "status", "reason"):
+    for column in (
+        "seq",
+        "time",
+        "request id",
+        "agent",
+        "action",
+        "resource",
+        "decision",
+        "status",
+        "reason",
+    ):
         table.add_column(column, overflow="fold")
     for e in events:
         colour = "green" if e.get("decision") == "allow" else "red"
@@ -39,9 +49,15 @@ def events_table(events: list[dict[str, Any]], title: str) -> Table:
 @app.command("audit")
 def audit_cmd(
     ctx: typer.Context,
-    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 if broken.")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Show the last N matching events.")] = 50,
-    request_id: Annotated[str | None, typer.Option("--request-id", help="Only this request.")] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the hash chain; exit 1 if broken.")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Show the last N matching events.")
+    ] = 50,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Only this request.")
+    ] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
@@ -53,7 +69,9 @@ def audit_cmd(
         except AuditChainError as exc:
             typer.echo(f"audit chain BROKEN at seq {exc.seq}: {exc.detail}", err=True)
             raise typer.Exit(1) from exc
-        typer.echo(f"audit chain OK: {report.events} events, head {report.head_hash[:16]}… ({path})")
+        typer.echo(
+            f"audit chain OK: {report.events} events, head {report.head_hash[:16]}… ({path})"
+        )
         return
     events = read_events(path, request_id=request_id, agent_id=agent, limit=limit)
     if as_json:

@@ -40,11 +40,15 @@ class Expectation:
 
 
 EXPECTED = [
-    Expectation("model claude-sonnet-4-6 (in role)", 200, None, "identity + token + role allow-list"),
+    Expectation(
+        "model claude-sonnet-4-6 (in role)", 200, None, "identity + token + role allow-list"
+    ),
     Expectation("model claude-opus-4-8 (not in role)", 403, "permission_error", "deny by default"),
     Expectation("tool kb.search (in role)", 200, None, "tool allow-list"),
     Expectation("tool email.send (no standing scope)", 403, "permission_error", "least agency"),
-    Expectation("tool db.query: DELETE …", 400, "invalid_request_error", "parameter validation (SQL parser)"),
+    Expectation(
+        "tool db.query: DELETE …", 400, "invalid_request_error", "parameter validation (SQL parser)"
+    ),
 ]
 
 
@@ -89,7 +93,9 @@ def demo_cmd() -> None:
             known_roles=policy.roles,
             description="agentzt demo",
         )
-        console.print(f"[bold]agentzt demo[/] — enrolled [bold]{DEMO_AGENT}[/] (role demo-agent) in {tmp}")
+        console.print(
+            f"[bold]agentzt demo[/] — enrolled [bold]{DEMO_AGENT}[/] (role demo-agent) in {tmp}"
+        )
         started = time.perf_counter()
         gateway_sock = bind("127.0.0.1", 0)
         gateway = Gateway(paths, public_url=url_of(gateway_sock))
@@ -100,7 +106,9 @@ def demo_cmd() -> None:
             gateway_url=url_of(gateway_sock),
         )
         with running(create_app(gateway), gateway_sock) as gw, running(proxy, proxy_sock) as px:
-            console.print(f"gateway {gw.url}   client proxy {px.url}   (agent SDK base_url = proxy)\n")
+            console.print(
+                f"gateway {gw.url}   client proxy {px.url}   (agent SDK base_url = proxy)\n"
+            )
             outcomes = agent.run(px.url)
         elapsed = time.perf_counter() - started
         ok = _render_steps(outcomes)
@@ -108,7 +116,10 @@ def demo_cmd() -> None:
         console.print(events_table(events, "Audit trail of this run"))
         try:
             report = verify_chain(paths.audit_log)
-            console.print(f"[green]audit chain verified[/]: {report.events} events, head {report.head_hash[:16]}…")
+            console.print(
+                f"[green]audit chain verified[/]: {report.events} events, "
+                f"head {report.head_hash[:16]}…"
+            )
         except AgentztError as exc:
             console.print(f"[red]audit chain broken[/]: {exc.detail}")
             ok = False

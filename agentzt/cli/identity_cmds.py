@@ -60,7 +60,9 @@ def agents_cmd(
     for column in ("agent", "role", "status", "key id", "created", "description"):
         table.add_column(column)
     for r in records.values():
-        table.add_row(r.agent_id, r.role, r.status, r.public_key.kid[:16], r.created_at, r.description)
+        table.add_row(
+            r.agent_id, r.role, r.status, r.public_key.kid[:16], r.created_at, r.description
+        )
     console.print(table)
 
 

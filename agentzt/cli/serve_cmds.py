@@ -54,7 +54,9 @@ def gateway_cmd(
 @app.command("client")
 def client_cmd(
     ctx: typer.Context,
-    agent: Annotated[str, typer.Option("--agent", help="The enrolled agent this proxy speaks for.")],
+    agent: Annotated[
+        str, typer.Option("--agent", help="The enrolled agent this proxy speaks for.")
+    ],
     host: HostOption = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8787,
     gateway: Annotated[
@@ -87,14 +89,39 @@ def up_cmd(
     check_agent_id(agent)
     paths = paths_of(ctx)
     if not paths.identity_key(agent).exists():
-        raise UsageError(f"no key for agent {agent!r} at {paths.identity_key(agent)}; run agentzt enroll first")
-    base = [sys.executable, "-m", "agentzt", "--config", str(paths.config_dir), "--home", str(paths.home)]
+        raise UsageError(
+            f"no key for agent {agent!r} at {paths.identity_key(agent)}; run agentzt enroll first"
+        )
+    base = [
+        sys.executable,
+        "-m",
+        "agentzt",
+        "--config",
+        str(paths.config_dir),
+        "--home",
+        str(paths.home),
+    ]
     gateway_url = f"http://{host}:{gateway_port}"
     children = [
-        Child("gateway", [*base, "gateway", "--host", host, "--port", str(gateway_port)], f"{gateway_url}/healthz"),
+        Child(
+            "gateway",
+            [*base, "gateway", "--host", host, "--port", str(gateway_port)],
+            f"{gateway_url}/healthz",
+        ),
         Child(
             "client proxy",
-            [*base, "client", "--agent", agent, "--host", host, "--port", str(client_port), "--gateway", gateway_url],
+            [
+                *base,
+                "client",
+                "--agent",
+                agent,
+                "--host",
+                host,
+                "--port",
+                str(client_port),
+                "--gateway",
+                gateway_url,
+            ],
             f"http://{host}:{client_port}/healthz",
         ),
     ]

@@ -71,7 +71,11 @@ def supervise(children: list[Child], *, env: dict[str, str]) -> int:
                     return _shutdown(children)
                 dead = _died(children)
                 if dead is not None or time.monotonic() > deadline:
-                    why = "exited during start-up" if dead else f"not ready after {READY_TIMEOUT:.0f} s"
+                    why = (
+                        "exited during start-up"
+                        if dead
+                        else f"not ready after {READY_TIMEOUT:.0f} s"
+                    )
                     return _fail(children, dead or child, why)
                 time.sleep(0.05)
         print("agentzt up: ready (Ctrl-C stops both)", file=sys.stderr)

@@ -15,14 +15,14 @@ from starlette.routing import Route
 
 from agentzt.errors import AgentztError, AuditWriteError, NotFoundError
 from agentzt.gateway import routes
+from agentzt.gateway.service import Call, Gateway
+from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import (
     REQUEST_ID_HEADER,
     error_response,
     oauth_error_response,
     request_id_of,
 )
-from agentzt.gateway.service import Call, Gateway
-from agentzt.policy.load import RESOURCE_NAME
 
 log = logging.getLogger("agentzt.gateway")
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -17,10 +17,10 @@ from agentzt.errors import (
     UnsupportedGrantTypeError,
 )
 from agentzt.gateway import mock_upstream
-from agentzt.wire import json_response, parse_json_object, read_body
 from agentzt.gateway.service import Call, Gateway
 from agentzt.identity import CLIENT_ASSERTION_TYPE
 from agentzt.policy import Resource, Role
+from agentzt.wire import json_response, parse_json_object, read_body
 
 Handler = Callable[[Gateway, Request, Call], Awaitable[Response]]
 TOKEN_BODY_LIMIT = 16 * 1024
@@ -121,9 +121,7 @@ def _check_messages(body: dict[str, Any]) -> None:
             raise InvalidRequestError("each message needs content: a string or a list of blocks")
 
 
-async def _model_request(
-    gw: Gateway, request: Request, call: Call
-) -> tuple[dict[str, Any], Role]:
+async def _model_request(gw: Gateway, request: Request, call: Call) -> tuple[dict[str, Any], Role]:
     """Steps 1-3 for model routes: authenticate, read, authorize the model, rate limit."""
     claims = gw.authenticate(request, call)
     body = parse_json_object(await read_body(request, gw.max_body_bytes))
@@ -146,7 +144,9 @@ async def messages(gw: Gateway, request: Request, call: Call) -> Response:
             message=f"max_tokens is above this agent's limit of {limit}",
         )
     if body.get("stream") is True:
-        raise InvalidRequestError("streaming is not supported yet", message="stream=true is not supported yet")
+        raise InvalidRequestError(
+            "streaming is not supported yet", message="stream=true is not supported yet"
+        )
     result = mock_upstream.message(body)
     call.meta["usage"] = result["usage"]
     return json_response(result)
@@ -163,8 +163,7 @@ async def models(gw: Gateway, request: Request, call: Call) -> Response:
     names = gw.allowed_for(claims, "model")
     call.reason = f"listed {len(names)} allowed models"
     data = [
-        {"type": "model", "id": n, "display_name": n, "created_at": MODEL_CREATED_AT}
-        for n in names
+        {"type": "model", "id": n, "display_name": n, "created_at": MODEL_CREATED_AT} for n in names
     ]
     return json_response(
         {
@@ -195,7 +194,9 @@ def tool_call(name: str) -> Handler:
         gw.rate_limit(claims)
         body = parse_json_object(await read_body(request, gw.max_body_bytes))
         if set(body) - {"arguments"}:
-            raise InvalidRequestError("unknown field in tool call body; only 'arguments' is accepted")
+            raise InvalidRequestError(
+                "unknown field in tool call body; only 'arguments' is accepted"
+            )
         arguments = gw.toolbox.validate(name, body.get("arguments", {}))
         output = gw.toolbox.run(name, arguments)
         return json_response({"ok": True, "output": output})

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from agentzt.audit import AuditLog
 from agentzt.config import GatewaySettings, Paths, load_gateway_settings
 from agentzt.errors import AuthenticationError, PermissionDeniedError
+from agentzt.gateway.ratelimit import SlidingWindowLimiter
 from agentzt.identity import (
     AccessClaims,
     AccessTokenIssuer,
@@ -31,8 +32,6 @@ from agentzt.policy import DecisionRequest, Policy, Resource, decide, load_polic
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.policy.model import Role
 from agentzt.tools import ToolBox, default_toolbox
-
-from agentzt.gateway.ratelimit import SlidingWindowLimiter
 
 log = logging.getLogger("agentzt.gateway")
 Clock = Callable[[], float]

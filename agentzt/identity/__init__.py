@@ -3,7 +3,12 @@
 The only home of pyjwt and pynacl in the package.
 """
 
-from agentzt.identity.keys import SigningKey, VerifyKey, load_or_create_signing_key, read_private_key
+from agentzt.identity.keys import (
+    SigningKey,
+    VerifyKey,
+    load_or_create_signing_key,
+    read_private_key,
+)
 from agentzt.identity.registry import AgentRecord, Registry, enroll, load_registry
 from agentzt.identity.replay import ReplayCache
 from agentzt.identity.tokens import (

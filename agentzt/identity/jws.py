@@ -135,7 +135,11 @@ def parse_claims(payload: bytes) -> dict[str, Any]:
             raise MissingClaimError(f"claim {name} missing")
     for name in ("exp", "iat", "nbf"):
         value = claims.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise MissingClaimError(f"claim {name} is not a NumericDate")
     for name in ("iss", "sub", "jti", "aud"):
         value = claims[name]

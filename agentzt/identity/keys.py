@@ -8,6 +8,7 @@ universal forgery under such keys; we also refuse them when a key enters the reg
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -146,8 +147,7 @@ def read_private_key(path: Path) -> SigningKey:
 def load_or_create_signing_key(path: Path) -> SigningKey:
     """The gateway's signing key: created on first start, read afterwards."""
     if not path.exists():
-        try:
+        # Another process may create it between our check and our write; theirs wins.
+        with contextlib.suppress(FileExistsError):
             write_private_key(path, SigningKey.generate())
-        except FileExistsError:
-            pass  # another process created it between our check and our write
     return read_private_key(path)

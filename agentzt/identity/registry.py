@@ -52,7 +52,7 @@ def load_registry(path: Path) -> dict[str, AgentRecord]:
     root = Table(read_toml(path), file=path)
     agents_t = root.table("agents")
     records: dict[str, AgentRecord] = {}
-    for agent_id in agents_t.keys():
+    for agent_id in agents_t.names():
         if not AGENT_ID.match(agent_id):
             raise agents_t.fail(agent_id, "is not a valid agent id")
         t = agents_t.table(agent_id)

@@ -85,7 +85,9 @@ class AssertionVerifier:
             max_lifetime=self._max_age,
         )
         # Only a verified, current assertion consumes its jti, so garbage cannot fill the cache.
-        self._replay.use(f"assertion\x00{claims['sub']}\x00{claims['jti']}", until=claims["exp"] + self._leeway)
+        self._replay.use(
+            f"assertion\x00{claims['sub']}\x00{claims['jti']}", until=claims["exp"] + self._leeway
+        )
         agent_id: str = claims["sub"]
         return agent_id
 
@@ -136,7 +138,14 @@ class AccessTokenIssuer:
 
 
 class AccessTokenVerifier:
-    """Checks bearer tokens on every resource call."""
+    """Checks bearer tokens on every resource call.
+
+    A token that verified once is remembered, byte for byte, until it expires, so the
+    hot path does one dictionary lookup instead of a signature check per call. Only the
+    exact string that passed every check is cached; any other string is verified afresh.
+    """
+
+    CACHE_SIZE = 10_000
 
     def __init__(
         self,
@@ -152,6 +161,7 @@ class AccessTokenVerifier:
         self._max_ttl = max_ttl
         self._clock = clock
         self._leeway = leeway
+        self._cache: dict[str, AccessClaims] = {}
 
     def _key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
         if header.get("kid", self._key.kid) != self._key.kid:
@@ -159,6 +169,21 @@ class AccessTokenVerifier:
         return self._key
 
     def verify(self, token: object) -> AccessClaims:
+        if isinstance(token, str):
+            cached = self._cache.get(token)
+            if cached is not None:
+                if self._clock() <= cached.exp + self._leeway:
+                    return cached
+                del self._cache[token]
+        verified = self._verify(token)
+        assert isinstance(token, str)
+        if len(self._cache) >= self.CACHE_SIZE:
+            # Drop the oldest entry: dicts keep insertion order.
+            del self._cache[next(iter(self._cache))]
+        self._cache[token] = verified
+        return verified
+
+    def _verify(self, token: object) -> AccessClaims:
         _, claims = jws.decode(token, self._key_for, typ=ACCESS_TOKEN_TYP)
         jws.check_time_and_audience(
             claims,

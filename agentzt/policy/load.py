@@ -17,7 +17,7 @@ def load_policy(path: Path) -> Policy:
     root = Table(read_toml(path), file=path)
     roles_t = root.table("roles")
     roles: dict[str, Role] = {}
-    for name in roles_t.keys():
+    for name in roles_t.names():
         if not ROLE_NAME.match(name):
             raise roles_t.fail(name, "is not a valid role name (lowercase letters, digits, '-')")
         roles[name] = _role(name, roles_t.table(name))

@@ -6,7 +6,6 @@ the agent's access token and a request id, and relays the gateway's answer uncha
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -37,8 +36,15 @@ TOOL_CALL = re.compile(r"^/v1/tools/[a-z0-9][a-z0-9._-]{0,126}$")
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "user-agent")
 # Hop-by-hop and framing headers are the relay's own business, not the gateway's answer.
 DROP_RESPONSE_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-     "date", "server"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
 )
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -48,7 +54,9 @@ def _forwarded(path: str, method: str) -> bool:
 
 
 def _outbound_headers(request: Request, request_id: str, token: str) -> dict[str, str]:
-    headers = {name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers}
+    headers = {
+        name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers
+    }
     for name, value in request.headers.items():
         if name.startswith("anthropic-"):
             headers[name] = value
@@ -68,7 +76,7 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
             async with http.request(method, url, headers=headers, data=body or None) as resp:
                 payload = await resp.read()
                 return resp.status, list(resp.headers.items()), payload
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
 
     async def endpoint(request: Request) -> Response:
@@ -112,7 +120,9 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             state["http"] = http
-            state["session"] = TokenSession(agent_id=agent_id, key=key, gateway_url=gateway, http=http)
+            state["session"] = TokenSession(
+                agent_id=agent_id, key=key, gateway_url=gateway, http=http
+            )
             yield
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=METHODS)], lifespan=lifespan)

@@ -59,7 +59,11 @@ class TokenSession:
         """Get a new token unless another task already replaced ``stale``."""
         async with self._lock:
             current = self._token
-            if current is not None and current.value != stale and self._clock() < current.expires_at:
+            if (
+                current is not None
+                and current.value != stale
+                and self._clock() < current.expires_at
+            ):
                 return current.value
             self._token = await self._request_token()
             return self._token.value
@@ -79,7 +83,7 @@ class TokenSession:
         try:
             async with self._http.get(url) as resp:
                 body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
         if not isinstance(body, dict):
             raise UpstreamError("gateway metadata is not a JSON object")
@@ -91,13 +95,15 @@ class TokenSession:
         form = {
             "grant_type": "client_credentials",
             "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": make_assertion(self._key, self.agent_id, audience=audience, now=now),
+            "client_assertion": make_assertion(
+                self._key, self.agent_id, audience=audience, now=now
+            ),
         }
         try:
             async with self._http.post(f"{self._gateway_url}/v1/token", data=form) as resp:
                 status = resp.status
                 body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise UpstreamError(f"token request failed: {type(exc).__name__}") from exc
         if status != 200 or not isinstance(body, dict) or "access_token" not in body:
             error = body.get("error") if isinstance(body, dict) else None

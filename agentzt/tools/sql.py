@@ -14,6 +14,8 @@ that cannot write even if this module were fooled.
 
 from __future__ import annotations
 
+import logging
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel
@@ -21,6 +23,11 @@ from sqlglot.errors import ErrorLevel
 from agentzt.errors import ToolParameterError
 
 __all__ = ["ALLOWED_FUNCTIONS", "read_only_statement"]
+
+# sqlglot logs unsupported syntax at WARNING with the submitted SQL quoted in the
+# message. That SQL is attacker text and must not reach the operator's logs; every
+# rejection is reported through ToolParameterError and the audit log instead.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 # IMPORTANT: functions are allow-listed, not deny-listed. SQLite's dangerous functions
 # (load_extension, fts3_tokenizer, and readfile/writefile/edit where the shell's
@@ -95,7 +102,7 @@ _WRITE_NODES: tuple[tuple[type[exp.Expr], str], ...] = (
     (exp.LoadData, "LOAD DATA"),
     (exp.Grant, "GRANT"),
     (exp.Revoke, "REVOKE"),
-    (exp.Lock, "locking"),
+    (exp.Lock, "SELECT FOR UPDATE"),
     (exp.Command, "unsupported"),
 )
 

@@ -1,0 +1,1 @@
+"""Benchmarks: load generator and the server chains it measures. Not installed."""

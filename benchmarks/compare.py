@@ -1,0 +1,134 @@
+"""Measure ``POST /v1/messages`` through agentzt (proxy + gateway, mock upstream) and
+through the bare pass-through chain with each HTTP client, same load, same machine.
+
+    python -m benchmarks.compare [--seconds 10] [--connections 8] [--only agentzt,aiohttp,httpx]
+
+Each chain runs as separate server processes; the load generator is a third process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = json.dumps(
+    {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Summarise our VPN policy in one line."}],
+    }
+)
+BENCH_POLICY = """
+[roles.bench-agent]
+models = ["claude-sonnet-4-6"]
+tools = ["kb.search"]
+[roles.bench-agent.limits]
+requests_per_minute = 1000000
+max_output_tokens = 1024
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError as exc:
+            if getattr(exc, "code", None) is not None:
+                return  # any HTTP answer means the server is up
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready")
+
+
+@contextmanager
+def processes(*argvs: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [subprocess.Popen(argv, cwd=REPO) for argv in argvs]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def load(url: str, seconds: float, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen", url, "--seconds", str(seconds),
+         "--connections", str(connections), "--json", BODY],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def bare(client: str, seconds: float, connections: int) -> dict[str, float]:
+    up, px = free_port(), free_port()
+    py = [sys.executable, "-m", "benchmarks.bare"]
+    with processes(
+        [*py, "upstream", "--port", str(up)],
+        [*py, "proxy", "--port", str(px), "--upstream", f"http://127.0.0.1:{up}", "--client", client],
+    ):
+        wait_ready(f"http://127.0.0.1:{up}/")
+        wait_ready(f"http://127.0.0.1:{px}/")
+        return load(f"http://127.0.0.1:{px}/v1/messages", seconds, connections)
+
+
+def agentzt(seconds: float, connections: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="agentzt-bench-") as tmp:
+        config, home = Path(tmp) / "config", Path(tmp) / "home"
+        config.mkdir()
+        (config / "policy.toml").write_text(BENCH_POLICY)
+        base = [sys.executable, "-m", "agentzt", "--config", str(config), "--home", str(home)]
+        subprocess.run([*base, "enroll", "--agent", "bench-1", "--role", "bench-agent"],
+                       check=True, capture_output=True)
+        gw, px = free_port(), free_port()
+        with processes(
+            [*base, "gateway", "--port", str(gw)],
+            [*base, "client", "--agent", "bench-1", "--port", str(px),
+             "--gateway", f"http://127.0.0.1:{gw}"],
+        ):
+            wait_ready(f"http://127.0.0.1:{gw}/healthz")
+            wait_ready(f"http://127.0.0.1:{px}/healthz")
+            return load(f"http://127.0.0.1:{px}/v1/messages", seconds, connections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--only", default="agentzt,aiohttp,httpx")
+    args = parser.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    for name in args.only.split(","):
+        if name == "agentzt":
+            results["agentzt (proxy+gateway, aiohttp hop)"] = agentzt(args.seconds, args.connections)
+        else:
+            results[f"bare chain, {name} hop"] = bare(name, args.seconds, args.connections)
+    print(f"{'chain':42} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, r in results.items():
+        print(f"{name:42} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
+              f"{r['p99_ms']:8.2f} {r['errors']:7.0f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Shared fixtures: real config files, real keys, real servers on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentzt.config import Paths
+from agentzt.gateway import Gateway, create_app
+from agentzt.identity import SigningKey, enroll, read_private_key
+from agentzt.policy import load_policy
+from agentzt.proxy import create_proxy_app
+from agentzt.server import BackgroundServer, bind, url_of
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A role with a tiny rate limit and output cap, so tests can reach both quickly.
+TEST_ROLES = """
+[roles.limited-agent]
+description = "test role with tight limits"
+models = ["claude-haiku-4-5"]
+tools = ["kb.search"]
+
+[roles.limited-agent.limits]
+requests_per_minute = 3
+max_output_tokens = 16
+"""
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    config = tmp_path / "config"
+    config.mkdir()
+    shutil.copy(REPO / "config" / "gateway.toml", config / "gateway.toml")
+    policy = (REPO / "config" / "policy.toml").read_text() + TEST_ROLES
+    (config / "policy.toml").write_text(policy)
+    return Paths(config_dir=config, home=tmp_path / "home")
+
+
+def enroll_agent(paths: Paths, agent_id: str, role: str) -> SigningKey:
+    enroll(
+        registry_path=paths.agents_toml,
+        key_path=paths.identity_key(agent_id),
+        agent_id=agent_id,
+        role=role,
+        known_roles=load_policy(paths.policy_toml).roles,
+    )
+    return read_private_key(paths.identity_key(agent_id))
+
+
+@dataclass
+class Stack:
+    paths: Paths
+    gateway: Gateway
+    gateway_url: str
+    proxy_url: str | None = None
+
+    def gw_client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.gateway_url, timeout=10)
+
+    def proxy_client(self) -> httpx.Client:
+        assert self.proxy_url is not None
+        return httpx.Client(base_url=self.proxy_url, timeout=10)
+
+
+@pytest.fixture
+def gateway_stack(paths: Paths) -> Iterator[Stack]:
+    """A real gateway on an ephemeral loopback port, with agent-1 (demo-agent) enrolled."""
+    enroll_agent(paths, "agent-1", "demo-agent")
+    sock = bind("127.0.0.1", 0)
+    gateway = Gateway(paths, public_url=url_of(sock))
+    server = BackgroundServer(create_app(gateway), sock).start()
+    try:
+        yield Stack(paths=paths, gateway=gateway, gateway_url=server.url)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stack(gateway_stack: Stack) -> Iterator[Stack]:
+    """Gateway plus a client proxy for agent-1."""
+    key = read_private_key(gateway_stack.paths.identity_key("agent-1"))
+    sock = bind("127.0.0.1", 0)
+    app = create_proxy_app(agent_id="agent-1", key=key, gateway_url=gateway_stack.gateway_url)
+    server = BackgroundServer(app, sock).start()
+    gateway_stack.proxy_url = server.url
+    try:
+        yield gateway_stack
+    finally:
+        server.stop()
