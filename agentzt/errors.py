@@ -156,7 +156,13 @@ class InvalidScopeError(InvalidRequestError):
 
 
 class ToolParameterError(InvalidRequestError):
+    """The detail names the argument path and the failed rule, never the value, so it is
+    safe to show the caller; an agent can only fix its call if it is told what failed."""
+
     message = "tool arguments failed validation"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, message=detail)
 
 
 class NotFoundError(AgentztError):

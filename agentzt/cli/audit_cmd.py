@@ -6,14 +6,12 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agentzt.audit import read_events, verify_chain
 from agentzt.cli import app, paths_of
+from agentzt.cli.output import console
 from agentzt.errors import AuditChainError
-
-console = Console()
 
 
 def events_table(events: list[dict[str, Any]], title: str) -> Table:

@@ -12,13 +12,13 @@ from pathlib import Path
 from types import ModuleType
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import agentzt
 from agentzt.audit import read_events, verify_chain
 from agentzt.cli import app
 from agentzt.cli.audit_cmd import events_table
+from agentzt.cli.output import console
 from agentzt.config import Paths
 from agentzt.errors import AgentztError, ConfigError
 from agentzt.gateway import Gateway, create_app
@@ -27,7 +27,6 @@ from agentzt.policy import load_policy
 from agentzt.proxy import create_proxy_app
 from agentzt.server import bind, running, url_of
 
-console = Console()
 DEMO_AGENT = "demo-agent-1"
 
 

@@ -6,14 +6,12 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agentzt.cli import app, paths_of
+from agentzt.cli.output import console
 from agentzt.identity import enroll, load_registry
 from agentzt.policy import load_policy
-
-console = Console()
 
 
 @app.command("enroll")

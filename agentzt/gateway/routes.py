@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -198,7 +199,9 @@ def tool_call(name: str) -> Handler:
                 "unknown field in tool call body; only 'arguments' is accepted"
             )
         arguments = gw.toolbox.validate(name, body.get("arguments", {}))
-        output = gw.toolbox.run(name, arguments)
+        # Tools are synchronous and may use a bounded amount of CPU (a database query);
+        # a worker thread keeps the event loop serving other agents meanwhile.
+        output = await run_in_threadpool(gw.toolbox.run, name, arguments)
         return json_response({"ok": True, "output": output})
 
     return handler
