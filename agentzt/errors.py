@@ -174,6 +174,7 @@ class NotFoundError(AgentztError):
 class RequestTooLargeError(AgentztError):
     status = 413
     error_type = "request_too_large"
+    oauth_error = "invalid_request"
     message = "request body is too large"
 
 

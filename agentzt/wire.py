@@ -12,10 +12,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentzt.errors import AgentztError, InvalidRequestError, RateLimitedError, RequestTooLargeError
+from agentzt.errors import (
+    AgentztError,
+    AuthenticationError,
+    InvalidRequestError,
+    RateLimitedError,
+    RequestTooLargeError,
+)
 
 REQUEST_ID_HEADER = "x-agentzt-request-id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Deeply nested JSON is refused before it can exhaust the parser's recursion.
 MAX_JSON_DEPTH = 64
 
@@ -23,7 +29,7 @@ MAX_JSON_DEPTH = 64
 def request_id_of(headers: Headers) -> str:
     """The caller's request id when it is well-formed, else a fresh one."""
     given = headers.get(REQUEST_ID_HEADER)
-    if given is not None and _REQUEST_ID.match(given):
+    if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return f"req_{uuid.uuid4().hex}"
 
@@ -99,11 +105,13 @@ def error_response(exc: AgentztError, request_id: str) -> Response:
 
 def oauth_error_response(exc: AgentztError) -> Response:
     """RFC 6749 section 5.2 error body for the token endpoint."""
-    status = 401 if exc.status == 401 else (429 if exc.status == 429 else 400)
-    if exc.status >= 500:
-        status = exc.status
+    # RFC 6749 answers 400 or 401; a refusal only other routes produce becomes a 400.
+    status = 400 if exc.status in (403, 404) else exc.status
     headers = {"cache-control": "no-store"}
     if isinstance(exc, RateLimitedError):
         headers["retry-after"] = str(exc.retry_after)
-    payload = {"error": exc.oauth_error, "error_description": exc.message}
+    # IMPORTANT: every authentication failure reads the same, so the token endpoint
+    # never tells a caller whether an agent id is enrolled; the audit log has the detail.
+    description = AuthenticationError.message if status == 401 else exc.message
+    payload = {"error": exc.oauth_error, "error_description": description}
     return json_response(payload, status, headers)

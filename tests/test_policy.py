@@ -47,9 +47,7 @@ DECIDE_CASES = [
     ({"demo-agent": DEMO_ROLE}, _request("demo-agent", "tool", "kb.search"), "allow"),
     (
         {"demo-agent": DEMO_ROLE},
-        _request(
-            "demo-agent", "model", "claude-opus-4-8", STANDING | {"model:claude-opus-4-8"}
-        ),
+        _request("demo-agent", "model", "claude-opus-4-8", STANDING | {"model:claude-opus-4-8"}),
         "deny",
     ),
     ({"demo-agent": DEMO_ROLE_TRIMMED}, _request("demo-agent", "tool", "db.query"), "deny"),

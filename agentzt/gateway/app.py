@@ -56,7 +56,7 @@ def resolve(method: str, path: str) -> tuple[str, routes.Handler]:
         return found
     if path.startswith(TOOL_PREFIX):
         name = path[len(TOOL_PREFIX) :]
-        if method == "POST" and RESOURCE_NAME.match(name):
+        if method == "POST" and RESOURCE_NAME.fullmatch(name):
             return "tool.call", routes.tool_call(name)
         return "tool.call", _not_found if method == "POST" else _wrong_method
     if path in KNOWN_PATHS:

@@ -135,7 +135,7 @@ class Gateway:
         call.meta["rule"] = decision.rule
         call.reason = decision.reason
         if not decision.allowed:
-            shown = resource.name if RESOURCE_NAME.match(resource.name) else "requested"
+            shown = resource.name if RESOURCE_NAME.fullmatch(resource.name) else "requested"
             raise PermissionDeniedError(
                 decision.reason,
                 message=f"{resource.kind} '{shown}' is not allowed for this agent's role",

@@ -69,7 +69,14 @@ class VerifyKey:
         return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
     def jwk(self) -> dict[str, str]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": self.b64url, "kid": self.kid, "use": "sig"}
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": self.b64url,
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "EdDSA",
+        }
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Raise InvalidSignatureError unless ``signature`` is valid for ``message``."""

@@ -16,7 +16,7 @@ from agentzt.config import Table, read_toml
 from agentzt.errors import ConfigError, EnrollmentError, UnknownAgentError, UsageError
 from agentzt.identity.keys import SigningKey, VerifyKey, write_private_key
 
-AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 STATUSES = ("active", "disabled")
 
 
@@ -40,7 +40,7 @@ class AgentRecord:
 
 
 def check_agent_id(agent_id: str) -> None:
-    if not AGENT_ID.match(agent_id):
+    if not AGENT_ID.fullmatch(agent_id):
         raise UsageError(
             f"agent id {agent_id[:64]!r} is malformed: use 1-63 lowercase letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
@@ -53,7 +53,7 @@ def load_registry(path: Path) -> dict[str, AgentRecord]:
     agents_t = root.table("agents")
     records: dict[str, AgentRecord] = {}
     for agent_id in agents_t.names():
-        if not AGENT_ID.match(agent_id):
+        if not AGENT_ID.fullmatch(agent_id):
             raise agents_t.fail(agent_id, "is not a valid agent id")
         t = agents_t.table(agent_id)
         encoded = t.string("public_key", "")

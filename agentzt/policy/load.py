@@ -8,8 +8,8 @@ from pathlib import Path
 from agentzt.config import Table, read_toml
 from agentzt.policy.model import RISK_LEVELS, Abac, HourWindow, Jit, Limits, Policy, Role
 
-ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-RESOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,126}$")
+ROLE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+RESOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,126}")
 
 
 def load_policy(path: Path) -> Policy:
@@ -18,7 +18,7 @@ def load_policy(path: Path) -> Policy:
     roles_t = root.table("roles")
     roles: dict[str, Role] = {}
     for name in roles_t.names():
-        if not ROLE_NAME.match(name):
+        if not ROLE_NAME.fullmatch(name):
             raise roles_t.fail(name, "is not a valid role name (lowercase letters, digits, '-')")
         roles[name] = _role(name, roles_t.table(name))
     roles_t.finish()
@@ -29,7 +29,7 @@ def load_policy(path: Path) -> Policy:
 def _names(table: Table, key: str) -> tuple[str, ...]:
     names = table.strings(key)
     for name in names:
-        if not RESOURCE_NAME.match(name):
+        if not RESOURCE_NAME.fullmatch(name):
             raise table.fail(key, f"contains {name!r}, which is not a valid model or tool name")
     return names
 

@@ -30,7 +30,7 @@ FORWARDED_PATHS = {
     ("GET", "/v1/models"),
     ("GET", "/v1/tools"),
 }
-TOOL_CALL = re.compile(r"^/v1/tools/[a-z0-9][a-z0-9._-]{0,126}$")
+TOOL_CALL = re.compile(r"/v1/tools/[a-z0-9][a-z0-9._-]{0,126}")
 # IMPORTANT: only these request headers travel to the gateway. Credentials the agent
 # sends (authorization, x-api-key, cookies) are never among them.
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "user-agent")
@@ -50,7 +50,9 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def _forwarded(path: str, method: str) -> bool:
-    return (method, path) in FORWARDED_PATHS or (method == "POST" and bool(TOOL_CALL.match(path)))
+    return (method, path) in FORWARDED_PATHS or (
+        method == "POST" and bool(TOOL_CALL.fullmatch(path))
+    )
 
 
 def _outbound_headers(request: Request, request_id: str, token: str) -> dict[str, str]:
@@ -65,9 +67,16 @@ def _outbound_headers(request: Request, request_id: str, token: str) -> dict[str
     return headers
 
 
+class _Link:
+    """The proxy's connection to the gateway, opened and closed with the app's lifespan."""
+
+    http: aiohttp.ClientSession
+    session: TokenSession
+
+
 def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Starlette:
     gateway = gateway_url.rstrip("/")
-    state: dict[str, TokenSession | aiohttp.ClientSession] = {}
+    link = _Link()
 
     async def send(
         http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: bytes
@@ -87,9 +96,7 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
                 return json_response({"status": "ok", "agent_id": agent_id})
             if not _forwarded(path, method):
                 raise NotFoundError("the proxy does not forward this route")
-            session = state["session"]
-            http = state["http"]
-            assert isinstance(session, TokenSession) and isinstance(http, aiohttp.ClientSession)
+            session, http = link.session, link.http
             body = await read_body(request, MAX_BODY_BYTES)
             url = f"{gateway}{path}"
             if request.url.query:
@@ -119,10 +126,8 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
         connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            state["http"] = http
-            state["session"] = TokenSession(
-                agent_id=agent_id, key=key, gateway_url=gateway, http=http
-            )
+            link.http = http
+            link.session = TokenSession(agent_id=agent_id, key=key, gateway_url=gateway, http=http)
             yield
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=METHODS)], lifespan=lifespan)
