@@ -444,7 +444,9 @@ def assert_retry_after(resp: httpx.Response) -> int:
     value = resp.headers["retry-after"]
     assert re.fullmatch(r"[0-9]+", value), value
     seconds = int(value)
-    assert 1 <= seconds <= 60
+    # A sliding-window counter can need up to two windows to free a slot (the full
+    # current window becomes the weighted previous one), and says so honestly.
+    assert 1 <= seconds <= 120
     return seconds
 
 
@@ -556,7 +558,7 @@ def test_limiter_retry_after_is_enough(start: float, limit: int, burst: int) -> 
     with pytest.raises(RateLimitedError) as info:
         limiter.hit("a", limit)
     retry_after = info.value.retry_after
-    assert 1 <= retry_after <= 60
+    assert 1 <= retry_after <= 120
     clock.now += retry_after
     limiter.hit("a", limit)
 

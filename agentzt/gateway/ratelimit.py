@@ -45,12 +45,17 @@ class SlidingWindowLimiter:
         state[2] += 1
 
     def _retry_after(self, state: list[float], limit: int, now: float) -> int:
+        """Seconds until one more request fits, so a client that waits this long passes."""
         start, previous, current = state
         window = self._window
-        if current + 1 > limit or previous == 0:
-            wait = start + window - now
+        if current + 1 > limit:
+            # Not in this window. In the next one this window's count becomes the
+            # weighted "previous": solve current * (1 - x/window) + 1 <= limit for x.
+            x = window * max(0.0, 1.0 - (limit - 1) / current)
+            wait = start + window + x - now
         else:
-            # Solve previous * (1 - t/window) + current + 1 <= limit for t.
+            # Later in this window, once enough of the previous window has slid out:
+            # solve previous * (1 - t/window) + current + 1 <= limit for t.
             t = window * (1.0 - (limit - current - 1) / previous)
             wait = start + t - now
         return max(1, math.ceil(wait))
