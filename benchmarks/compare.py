@@ -49,7 +49,7 @@ def wait_ready(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our loopback URL)
                 return
         except OSError as exc:
             if getattr(exc, "code", None) is not None:
@@ -72,9 +72,22 @@ def processes(*argvs: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def load(url: str, seconds: float, connections: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen", url, "--seconds", str(seconds),
-         "--connections", str(connections), "--json", BODY],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.loadgen",
+            url,
+            "--seconds",
+            str(seconds),
+            "--connections",
+            str(connections),
+            "--json",
+            BODY,
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result: dict[str, float] = json.loads(out.stdout)
     return result
@@ -85,7 +98,16 @@ def bare(client: str, seconds: float, connections: int) -> dict[str, float]:
     py = [sys.executable, "-m", "benchmarks.bare"]
     with processes(
         [*py, "upstream", "--port", str(up)],
-        [*py, "proxy", "--port", str(px), "--upstream", f"http://127.0.0.1:{up}", "--client", client],
+        [
+            *py,
+            "proxy",
+            "--port",
+            str(px),
+            "--upstream",
+            f"http://127.0.0.1:{up}",
+            "--client",
+            client,
+        ],
     ):
         wait_ready(f"http://127.0.0.1:{up}/")
         wait_ready(f"http://127.0.0.1:{px}/")
@@ -98,13 +120,24 @@ def agentzt(seconds: float, connections: int) -> dict[str, float]:
         config.mkdir()
         (config / "policy.toml").write_text(BENCH_POLICY)
         base = [sys.executable, "-m", "agentzt", "--config", str(config), "--home", str(home)]
-        subprocess.run([*base, "enroll", "--agent", "bench-1", "--role", "bench-agent"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*base, "enroll", "--agent", "bench-1", "--role", "bench-agent"],
+            check=True,
+            capture_output=True,
+        )
         gw, px = free_port(), free_port()
         with processes(
             [*base, "gateway", "--port", str(gw)],
-            [*base, "client", "--agent", "bench-1", "--port", str(px),
-             "--gateway", f"http://127.0.0.1:{gw}"],
+            [
+                *base,
+                "client",
+                "--agent",
+                "bench-1",
+                "--port",
+                str(px),
+                "--gateway",
+                f"http://127.0.0.1:{gw}",
+            ],
         ):
             wait_ready(f"http://127.0.0.1:{gw}/healthz")
             wait_ready(f"http://127.0.0.1:{px}/healthz")
@@ -120,13 +153,17 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for name in args.only.split(","):
         if name == "agentzt":
-            results["agentzt (proxy+gateway, aiohttp hop)"] = agentzt(args.seconds, args.connections)
+            results["agentzt (proxy+gateway, aiohttp hop)"] = agentzt(
+                args.seconds, args.connections
+            )
         else:
             results[f"bare chain, {name} hop"] = bare(name, args.seconds, args.connections)
     print(f"{'chain':42} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
-        print(f"{name:42} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
-              f"{r['p99_ms']:8.2f} {r['errors']:7.0f}")
+        print(
+            f"{name:42} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
+            f"{r['p99_ms']:8.2f} {r['errors']:7.0f}"
+        )
     print(json.dumps(results))
 
 

@@ -64,7 +64,9 @@ async def run(
     latencies.sort()
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000 if latencies else 0.0
+        return (
+            latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000 if latencies else 0.0
+        )
 
     return {
         "requests": len(latencies),
@@ -90,7 +92,9 @@ def main() -> None:
         headers.setdefault("content-type", "application/json")
     body = args.body.encode() if args.body is not None else None
     result = asyncio.run(
-        run(args.url, connections=args.connections, seconds=args.seconds, body=body, headers=headers)
+        run(
+            args.url, connections=args.connections, seconds=args.seconds, body=body, headers=headers
+        )
     )
     print(json.dumps(result))
 
