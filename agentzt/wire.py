@@ -40,8 +40,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         if not declared.isdigit():
             raise InvalidRequestError("content-length is not a number")
-        if int(declared) > limit:
-            raise RequestTooLargeError(f"content-length {int(declared)} over {limit}")
+        # Compare lengths first: int() refuses numbers past 4300 digits.
+        if len(declared) > 15 or int(declared) > limit:
+            raise RequestTooLargeError(f"content-length over {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -56,27 +57,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
 def _depth_ok(body: bytes) -> bool:
-    # A cheap upper bound on nesting: count openers without parsing. Brackets inside
-    # strings can only make the bound stricter, never let deep input through.
+    """True unless the JSON text nests deeper than MAX_JSON_DEPTH.
+
+    Strings are blanked out first, so brackets inside them neither count nor cancel.
+    """
     depth = 0
-    for byte in body:
-        if byte in (0x5B, 0x7B):
+    for match in _BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+        if match.group() in (b"[", b"{"):
             depth += 1
             if depth > MAX_JSON_DEPTH:
                 return False
-        elif byte in (0x5D, 0x7D):
+        else:
             depth -= 1
     return True
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting, an object at the top."""
-    if len(body) > 4096 and not _depth_ok(body):
-        raise InvalidRequestError("JSON nested too deeply")
+    """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting, an object at the top.
+
+    Code after this point may walk the value recursively and write any string in it
+    to the audit log as UTF-8, so both depth and encodability are settled here.
+    """
+    if not _depth_ok(body):
+        raise InvalidRequestError("JSON nested too deeply", message="JSON nested too deeply")
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if b"\\u" in body:
+            # Escapes can produce lone surrogates, which no UTF-8 writer accepts.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError) as exc:
         raise InvalidRequestError("body is not valid JSON") from exc
     if not isinstance(value, dict):
         raise InvalidRequestError("body must be a JSON object")
@@ -105,8 +119,9 @@ def error_response(exc: AgentztError, request_id: str) -> Response:
 
 def oauth_error_response(exc: AgentztError) -> Response:
     """RFC 6749 section 5.2 error body for the token endpoint."""
-    # RFC 6749 answers 400 or 401; a refusal only other routes produce becomes a 400.
-    status = 400 if exc.status in (403, 404) else exc.status
+    # PROTOCOL.md: the token endpoint answers 400 or 401 (429 and 5xx keep their
+    # meaning for clients that back off or retry).
+    status = exc.status if exc.status in (401, 429) or exc.status >= 500 else 400
     headers = {"cache-control": "no-store"}
     if isinstance(exc, RateLimitedError):
         headers["retry-after"] = str(exc.retry_after)

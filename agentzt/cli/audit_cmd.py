@@ -3,43 +3,46 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agentzt.audit import read_events, verify_chain
 from agentzt.cli import app, paths_of
 from agentzt.cli.output import console
 from agentzt.errors import AuditChainError
 
+# C0 and C1 control characters, which could drive the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _cell(value: object, limit: int | None = None) -> Text:
+    """Plain text, never rich markup: audit fields may hold text a caller chose."""
+    text = _CONTROL.sub("?", "-" if value is None else str(value))
+    return Text(text[:limit] if limit else text)
+
 
 def events_table(events: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for column in (
-        "seq",
-        "time",
-        "request id",
-        "agent",
-        "action",
-        "resource",
-        "decision",
-        "status",
-        "reason",
-    ):
+    columns = ("seq", "time", "request id", "agent", "action", "resource", "decision")
+    for column in (*columns, "status", "reason"):
         table.add_column(column, overflow="fold")
     for e in events:
-        colour = "green" if e.get("decision") == "allow" else "red"
+        decision = _cell(e.get("decision"))
+        decision.stylize("green" if e.get("decision") == "allow" else "red")
         table.add_row(
-            str(e.get("seq")),
-            str(e.get("ts", ""))[11:23],
-            str(e.get("request_id", ""))[-12:],
-            str(e.get("agent_id") or "-"),
-            str(e.get("action")),
-            str(e.get("resource") or "-"),
-            f"[{colour}]{e.get('decision')}[/]",
-            str(e.get("status")),
-            str(e.get("reason", ""))[:80],
+            _cell(e.get("seq")),
+            _cell(str(e.get("ts", ""))[11:23]),
+            _cell(str(e.get("request_id", ""))[-12:]),
+            _cell(e.get("agent_id")),
+            _cell(e.get("action")),
+            _cell(e.get("resource")),
+            decision,
+            _cell(e.get("status")),
+            _cell(e.get("reason"), 80),
         )
     return table
 

@@ -99,6 +99,7 @@ def create_app(gw: Gateway) -> Starlette:
             # IMPORTANT: a decision that cannot be recorded is not delivered.
             log.error("audit write failed: %s", exc.detail)
             response = _deny(exc, action, request_id)
+            _record_refusal(gw, call, response.status_code)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
@@ -111,6 +112,24 @@ def create_app(gw: Gateway) -> Starlette:
         routes=[Route("/{path:path}", endpoint, methods=METHODS)],
         lifespan=lifespan,
     )
+
+
+def _record_refusal(gw: Gateway, call: Call, status: int) -> None:
+    """Try once more with a minimal event of fixed fields, so that a request whose full
+    event could not be written still leaves a trace when the log itself is writable."""
+    with contextlib.suppress(AuditWriteError):
+        gw.audit.append(
+            request_id=call.request_id,
+            agent_id=call.agent_id,
+            role=call.role,
+            action=call.action,
+            resource=None,
+            decision="deny",
+            reason="the full audit event could not be written; request refused",
+            status=status,
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            meta={},
+        )
 
 
 def _deny(exc: AgentztError, action: str, request_id: str) -> Response:

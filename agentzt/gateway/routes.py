@@ -21,6 +21,7 @@ from agentzt.gateway import mock_upstream
 from agentzt.gateway.service import Call, Gateway
 from agentzt.identity import CLIENT_ASSERTION_TYPE
 from agentzt.policy import Resource, Role
+from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import json_response, parse_json_object, read_body
 
 Handler = Callable[[Gateway, Request, Call], Awaitable[Response]]
@@ -49,9 +50,6 @@ async def metadata(gw: Gateway, request: Request, call: Call) -> Response:
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
             "response_types_supported": [],
-            "scopes_supported": sorted(
-                {s for role in gw.policy.roles.values() for s in role.scope}
-            ),
         }
     )
 
@@ -59,7 +57,8 @@ async def metadata(gw: Gateway, request: Request, call: Call) -> Response:
 def _form(body: bytes, request: Request) -> dict[str, str]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
-        raise InvalidRequestError("token request must be application/x-www-form-urlencoded")
+        reason = "token request must be application/x-www-form-urlencoded"
+        raise InvalidRequestError(reason, message=reason)
     try:
         fields = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -89,7 +88,8 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
             raise InvalidScopeError("requested scope exceeds the role's standing scope")
         granted = [s for s in granted if s in wanted]
     if "client_id" in form and form["client_id"] != agent_id:
-        raise InvalidRequestError("client_id does not match the assertion's subject")
+        reason = "client_id does not match the assertion's subject"
+        raise InvalidRequestError(reason, message=reason)
     access_token, claims = gw.issuer_of_tokens.issue(agent_id, role.name, granted)
     call.reason = f"issued to {agent_id} for role {role.name}"
     call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
@@ -123,16 +123,18 @@ def _check_messages(body: dict[str, Any]) -> None:
 
 
 async def _model_request(gw: Gateway, request: Request, call: Call) -> tuple[dict[str, Any], Role]:
-    """Steps 1-3 for model routes: authenticate, read, authorize the model, rate limit."""
-    claims = gw.authenticate(request, call)
+    """Steps 1-3 for model routes: authenticate and count, read, authorize the model."""
+    claims, role = gw.admit(request, call)
     body = parse_json_object(await read_body(request, gw.max_body_bytes))
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("model is required")
+    if not isinstance(model, str) or not RESOURCE_NAME.fullmatch(model):
+        # IMPORTANT: only well-formed names reach the policy and the audit log, so a
+        # request cannot write attacker-sized or unencodable text into the chain.
+        call.resource = "model:<invalid>"
+        raise InvalidRequestError("model is missing or not a valid model name")
     gw.authorize(call, claims, Resource("model", model))
-    gw.rate_limit(claims)
     _check_messages(body)
-    return body, gw.role_of(claims)
+    return body, role
 
 
 async def messages(gw: Gateway, request: Request, call: Call) -> Response:
@@ -159,8 +161,7 @@ async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
 
 
 async def models(gw: Gateway, request: Request, call: Call) -> Response:
-    claims = gw.authenticate(request, call)
-    gw.rate_limit(claims)
+    claims, _ = gw.admit(request, call)
     names = gw.allowed_for(claims, "model")
     call.reason = f"listed {len(names)} allowed models"
     data = [
@@ -177,8 +178,7 @@ async def models(gw: Gateway, request: Request, call: Call) -> Response:
 
 
 async def tools(gw: Gateway, request: Request, call: Call) -> Response:
-    claims = gw.authenticate(request, call)
-    gw.rate_limit(claims)
+    claims, _ = gw.admit(request, call)
     names = [n for n in gw.allowed_for(claims, "tool") if n in gw.toolbox.names()]
     call.reason = f"listed {len(names)} allowed tools"
     return json_response({"tools": [gw.toolbox.describe(n) for n in names]})
@@ -186,13 +186,12 @@ async def tools(gw: Gateway, request: Request, call: Call) -> Response:
 
 def tool_call(name: str) -> Handler:
     async def handler(gw: Gateway, request: Request, call: Call) -> Response:
-        claims = gw.authenticate(request, call)
+        claims, _ = gw.admit(request, call)
         call.resource = f"tool:{name}"
         # Authenticated callers only learn which tools exist.
         if name not in gw.toolbox.names():
             raise NotFoundError("unknown tool", message="unknown tool")
         gw.authorize(call, claims, Resource("tool", name))
-        gw.rate_limit(claims)
         body = parse_json_object(await read_body(request, gw.max_body_bytes))
         if set(body) - {"arguments"}:
             raise InvalidRequestError(

@@ -103,8 +103,22 @@ class Gateway:
 
     # --- the enforcement steps, in decision order ---------------------------------
 
+    def admit(self, request: Request, call: Call) -> tuple[AccessClaims, Role]:
+        """Steps 1 and 3 for every resource call: authenticate, then count the call.
+
+        IMPORTANT: the rate limit counts every authenticated call before authorization,
+        so a stream of denied calls is throttled like any other and cannot flood the
+        audit log.
+        """
+        claims = self.authenticate(request, call)
+        role = self.policy.roles.get(claims.role)
+        if role is None:
+            raise PermissionDeniedError(f"role {claims.role} is not in the live policy")
+        self.limiter.hit(claims.agent_id, role.limits.requests_per_minute)
+        return claims, role
+
     def authenticate(self, request: Request, call: Call) -> AccessClaims:
-        """Step 1: a valid access token, or AuthenticationError."""
+        """Step 1: a valid access token for an agent that is still active in its role."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -112,13 +126,11 @@ class Gateway:
         claims = self.verifier.verify(token.strip())
         call.agent_id, call.role = claims.agent_id, claims.role
         call.meta["jti"] = claims.jti
+        # IMPORTANT: the registry is consulted on every call, so disabling an agent or
+        # changing its role takes effect at once, not when its tokens expire.
+        if self.registry.active(claims.agent_id).role != claims.role:
+            raise AuthenticationError("the agent's registered role changed since issuance")
         return claims
-
-    def role_of(self, claims: AccessClaims) -> Role:
-        role = self.policy.roles.get(claims.role)
-        if role is None:
-            raise PermissionDeniedError(f"role {claims.role} is not in the live policy")
-        return role
 
     def authorize(self, call: Call, claims: AccessClaims, resource: Resource) -> None:
         """Step 2: the PDP must allow this resource for this token and role."""
@@ -140,11 +152,6 @@ class Gateway:
                 decision.reason,
                 message=f"{resource.kind} '{shown}' is not allowed for this agent's role",
             )
-
-    def rate_limit(self, claims: AccessClaims) -> None:
-        """Step 3: per-agent request rate, keyed on the authenticated identity."""
-        role = self.role_of(claims)
-        self.limiter.hit(claims.agent_id, role.limits.requests_per_minute)
 
     def allowed_for(self, claims: AccessClaims, kind: str) -> list[str]:
         """Names of ``kind`` ("model" or "tool") this token may use under live policy."""

@@ -9,7 +9,6 @@ must match exactly, bounded lifetimes, duplicate JSON keys refused.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +31,8 @@ ALGORITHM = "EdDSA"
 # A token larger than this is refused before any parsing work is done.
 MAX_TOKEN_CHARS = 8192
 MAX_STRING_CLAIM = 256
+# Far beyond any real date, small enough for exact float arithmetic.
+MAX_NUMERIC_DATE = 2**53
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti")
 # Header parameters that would let the token name its own key or its own rules.
 # IMPORTANT: keys come only from the registry or the gateway's own key, never from here.
@@ -135,10 +136,12 @@ def parse_claims(payload: bytes) -> dict[str, Any]:
             raise MissingClaimError(f"claim {name} missing")
     for name in ("exp", "iat", "nbf"):
         value = claims.get(name, 0)
+        # IMPORTANT: bound the magnitude before any arithmetic; a 400-digit integer would
+        # otherwise overflow float conversion in the time checks. NaN fails the bound too.
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            or not -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE
         ):
             raise MissingClaimError(f"claim {name} is not a NumericDate")
     for name in ("iss", "sub", "jti", "aud"):
