@@ -161,8 +161,8 @@ async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
 
 
 async def models(gw: Gateway, request: Request, call: Call) -> Response:
-    claims, _ = gw.admit(request, call)
-    names = gw.allowed_for(claims, "model")
+    claims, role = gw.admit(request, call)
+    names = gw.allowed_for(claims, role, "model")
     call.reason = f"listed {len(names)} allowed models"
     data = [
         {"type": "model", "id": n, "display_name": n, "created_at": MODEL_CREATED_AT} for n in names
@@ -178,8 +178,9 @@ async def models(gw: Gateway, request: Request, call: Call) -> Response:
 
 
 async def tools(gw: Gateway, request: Request, call: Call) -> Response:
-    claims, _ = gw.admit(request, call)
-    names = [n for n in gw.allowed_for(claims, "tool") if n in gw.toolbox.names()]
+    claims, role = gw.admit(request, call)
+    known = gw.toolbox.names()
+    names = [n for n in gw.allowed_for(claims, role, "tool") if n in known]
     call.reason = f"listed {len(names)} allowed tools"
     return json_response({"tools": [gw.toolbox.describe(n) for n in names]})
 

@@ -153,10 +153,8 @@ class Gateway:
                 message=f"{resource.kind} '{shown}' is not allowed for this agent's role",
             )
 
-    def allowed_for(self, claims: AccessClaims, kind: str) -> list[str]:
-        """Names of ``kind`` ("model" or "tool") this token may use under live policy."""
-        role = self.policy.roles.get(claims.role)
-        if role is None:
-            return []
+    @staticmethod
+    def allowed_for(claims: AccessClaims, role: Role, kind: str) -> list[str]:
+        """Names of ``kind`` ("model" or "tool") this token may use under the live role."""
         names = role.models if kind == "model" else role.tools
         return [n for n in names if f"{kind}:{n}" in claims.scope]

@@ -101,10 +101,6 @@ class Registry:
             self._records = load_registry(self._path)
             self._stamp = stamp
 
-    def records(self) -> Mapping[str, AgentRecord]:
-        self._refresh()
-        return self._records
-
     def active(self, agent_id: str) -> AgentRecord:
         """The active record for ``agent_id``; UnknownAgentError for absent or disabled."""
         try:

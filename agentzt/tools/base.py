@@ -76,10 +76,12 @@ class ToolBox:
             }
             compiled[name] = _Compiled(tool, schema, validator, frozenset(properties), defaults)
         self._tools = compiled
+        # Sorted once here: the gateway asks for the names on every tool call.
+        self._names = tuple(sorted(compiled))
 
     def names(self) -> tuple[str, ...]:
         """The tool names, sorted."""
-        return tuple(sorted(self._tools))
+        return self._names
 
     def describe(self, name: str) -> dict[str, Any]:
         """The listing entry for one tool: ``name``, ``description``, ``input_schema``."""
