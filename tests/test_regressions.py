@@ -5,7 +5,6 @@ Each test failed before its fix.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import tomllib
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import tomli_w
 from conftest import Stack, enroll_agent
+from forge import b64u
 from typer.testing import CliRunner
 
 import agentzt.cli.commands  # noqa: F401  (registers the commands)
@@ -21,10 +21,6 @@ from agentzt.cli import app
 from agentzt.identity import make_assertion, read_private_key
 
 MESSAGE = {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def token_for(stack: Stack, agent_id: str = "agent-1") -> str:

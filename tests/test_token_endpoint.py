@@ -3,9 +3,7 @@ a real gateway on an ephemeral loopback port (PROTOCOL.md, "Tokens" and "Gateway
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import threading
 import time
@@ -19,8 +17,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from conftest import Stack
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from forge import b64u, b64u_decode, compact, hs256, public_pem, to_json, unsigned
 
 from agentzt.audit import read_events
 from agentzt.identity import SigningKey, make_assertion, read_private_key
@@ -50,42 +47,6 @@ DROP: Any = object()
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64u_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def to_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-
-def compact(header: dict[str, Any], payload: dict[str, Any], key: SigningKey) -> str:
-    """A compact JWS built by hand, signed with Ed25519 by ``key``."""
-    signing_input = f"{b64u(to_json(header))}.{b64u(to_json(payload))}"
-    return f"{signing_input}.{b64u(key.sign(signing_input.encode('ascii')))}"
-
-
-def unsigned(header: dict[str, Any], payload: dict[str, Any]) -> str:
-    return f"{b64u(to_json(header))}.{b64u(to_json(payload))}."
-
-
-def hs256(header: dict[str, Any], payload: dict[str, Any], secret: bytes) -> str:
-    """A compact JWS MAC-ed with HS256 under ``secret``, built by hand."""
-    signing_input = f"{b64u(to_json(header))}.{b64u(to_json(payload))}"
-    mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
-    return f"{signing_input}.{b64u(mac)}"
-
-
-def public_pem(key: SigningKey) -> bytes:
-    public = ed25519.Ed25519PublicKey.from_public_bytes(key.public.raw)
-    return public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -489,7 +450,7 @@ TOKEN_REFUSALS: list[TokenCase] = [
     ),
     (
         "hs256-pem-public-key",
-        lambda c: _hs256_assertion(c, public_pem(c.agent_key)),
+        lambda c: _hs256_assertion(c, public_pem(c.agent_key.public)),
         (401,),
         "invalid_client",
     ),
@@ -655,7 +616,7 @@ BAD_ACCESS_TOKENS: list[BadToken] = [
     ("missing-exp", lambda c: _with(c.access_token(exp=DROP))),
     ("alg-none", _alg_none_access),
     ("hs256-raw-gateway-public-key", lambda c: _hs256_access(c, c.gateway_key.public.raw)),
-    ("hs256-pem-gateway-public-key", lambda c: _hs256_access(c, public_pem(c.gateway_key))),
+    ("hs256-pem-gateway-public-key", lambda c: _hs256_access(c, public_pem(c.gateway_key.public))),
     ("client-assertion-as-access-token", lambda c: _with(c.fresh_assertion())),
     (
         "assertion-typ-signed-by-gateway",
