@@ -84,6 +84,18 @@ class Table:
             f"an integer from {low} to {high}",
         )
 
+    def number(self, key: str, default: float, *, low: float, high: float) -> float:
+        value: float = self._get(
+            key,
+            default,
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high,
+            f"a number from {low:g} to {high:g}",
+        )
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._get(key, default, lambda v: isinstance(v, bool), "true or false")
+
     def strings(self, key: str) -> tuple[str, ...]:
         value: list[str] = self._get(
             key,
@@ -166,6 +178,47 @@ class LimitSettings:
     max_body_bytes: int = 1024 * 1024
 
 
+RISK_LEVEL_CHOICES = ("no_risk", "low_risk", "medium_risk", "high_risk")
+
+
+@dataclass(frozen=True)
+class InputGuardSettings:
+    """``[guardrails.input]``: prompt-injection screening of everything sent to a model or tool."""
+
+    mode: str = "block"  # block | flag | off
+    provider: str = "auto"  # auto | local | openguardrails
+    # The lowest risk level that blocks (or, in flag mode, is flagged).
+    threshold: str = "medium_risk"
+    # When the provider cannot answer: True allows the call (and audits it), False refuses it.
+    fail_open: bool = False
+
+
+@dataclass(frozen=True)
+class OutputGuardSettings:
+    """``[guardrails.output]``: what happens to answers before they reach the agent."""
+
+    redact_secrets: bool = True
+    spotlight_untrusted: bool = True
+    review: bool = True  # run the provider's output review when it has one
+    on_flag: str = "withhold"  # withhold | replace
+    replacement: str = "[agentzt: the model's answer was withheld by the output guardrail]"
+
+
+@dataclass(frozen=True)
+class OpenGuardrailsSettings:
+    base_url: str = "https://api.openguardrails.com/v1"
+    api_key_env: str = "OPENGUARDRAILS_API_KEY"
+    model: str = "OpenGuardrails-Text"
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class GuardrailSettings:
+    input: InputGuardSettings = field(default_factory=InputGuardSettings)
+    output: OutputGuardSettings = field(default_factory=OutputGuardSettings)
+    openguardrails: OpenGuardrailsSettings = field(default_factory=OpenGuardrailsSettings)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """``gateway.toml``. ``issuer`` None means "the URL the gateway is served at"."""
@@ -174,6 +227,7 @@ class GatewaySettings:
     tokens: TokenSettings = field(default_factory=TokenSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
 
 
 def load_gateway_settings(path: Path) -> GatewaySettings:
@@ -204,5 +258,50 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
         max_body_bytes=lim.integer("max_body_bytes", 1024 * 1024, low=1024, high=64 * 1024 * 1024)
     )
     lim.finish()
+    guardrails = _guardrail_settings(root.table("guardrails"))
     root.finish()
-    return GatewaySettings(issuer=issuer, tokens=tokens, upstream=upstream, limits=limits)
+    return GatewaySettings(
+        issuer=issuer, tokens=tokens, upstream=upstream, limits=limits, guardrails=guardrails
+    )
+
+
+def _guardrail_settings(t: Table) -> GuardrailSettings:
+    i = t.table("input")
+    input_ = InputGuardSettings(
+        mode=i.string("mode", "block", choices=("block", "flag", "off")),
+        provider=i.string("provider", "auto", choices=("auto", "local", "openguardrails")),
+        threshold=i.string("threshold", "medium_risk", choices=RISK_LEVEL_CHOICES[1:]),
+        fail_open=i.boolean("fail_open", False),
+    )
+    i.finish()
+
+    o = t.table("output")
+    output = OutputGuardSettings(
+        redact_secrets=o.boolean("redact_secrets", True),
+        spotlight_untrusted=o.boolean("spotlight_untrusted", True),
+        review=o.boolean("review", True),
+        on_flag=o.string("on_flag", "withhold", choices=("withhold", "replace")),
+        replacement=o.string("replacement", OutputGuardSettings.replacement),
+    )
+    o.finish()
+
+    g = t.table("openguardrails")
+    base_url = g.string("base_url", OpenGuardrailsSettings.base_url)
+    if not base_url.startswith(("http://", "https://")):
+        raise g.fail(
+            "base_url", "must be an http(s) URL such as 'https://api.openguardrails.com/v1'"
+        )
+    env = g.string("api_key_env", OpenGuardrailsSettings.api_key_env)
+    if not env.replace("_", "").isalnum() or not env.isascii() or env[0].isdigit():
+        raise g.fail(
+            "api_key_env", "must be an environment variable name such as OPENGUARDRAILS_API_KEY"
+        )
+    openguardrails = OpenGuardrailsSettings(
+        base_url=base_url.rstrip("/"),
+        api_key_env=env,
+        model=g.string("model", OpenGuardrailsSettings.model),
+        timeout_seconds=g.number("timeout_seconds", 5.0, low=0.1, high=120),
+    )
+    g.finish()
+    t.finish()
+    return GuardrailSettings(input=input_, output=output, openguardrails=openguardrails)

@@ -23,6 +23,7 @@ attacker-supplied data or secrets. ``detail`` is for the audit log and the opera
     │   │   └── ReplayedTokenError            jti already seen
     │   └── UnknownAgentError             no active identity for the subject
     ├── PermissionDeniedError         403 permission_error
+    │   └── GuardrailBlockedError         403 guardrail_blocked
     ├── InvalidRequestError           400 invalid_request_error
     │   ├── UnsupportedGrantTypeError     token endpoint: not client_credentials
     │   ├── InvalidScopeError             token endpoint: scope outside the role
@@ -32,6 +33,7 @@ attacker-supplied data or secrets. ``detail`` is for the audit log and the opera
     ├── RateLimitedError              429 rate_limit_error       (retry_after)
     ├── UpstreamError                 502 api_error
     │   └── UpstreamTimeoutError      504 api_error
+    ├── GuardrailUnavailableError     503 api_error              (fail_open = false)
     ├── AuditWriteError               503 api_error              exit 1
     └── AuditChainError               (verify only)              exit 1
 """
@@ -138,6 +140,13 @@ class PermissionDeniedError(AgentztError):
     message = "permission denied"
 
 
+class GuardrailBlockedError(PermissionDeniedError):
+    """The input guardrail in block mode, or the output review, stopped the call."""
+
+    error_type = "guardrail_blocked"
+    message = "request blocked by the input guardrail"
+
+
 class InvalidRequestError(AgentztError):
     status = 400
     error_type = "invalid_request_error"
@@ -197,6 +206,13 @@ class UpstreamError(AgentztError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     message = "upstream model API timed out"
+
+
+class GuardrailUnavailableError(AgentztError):
+    """The guardrail provider could not give a verdict and the config says fail closed."""
+
+    status = 503
+    message = "guardrail unavailable; request refused"
 
 
 class AuditWriteError(AgentztError):

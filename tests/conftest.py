@@ -32,6 +32,12 @@ max_output_tokens = 16
 """
 
 
+@pytest.fixture(autouse=True)
+def _offline_guardrails(monkeypatch: pytest.MonkeyPatch) -> None:
+    # provider = "auto" would call the hosted OpenGuardrails API if a key were exported.
+    monkeypatch.delenv("OPENGUARDRAILS_API_KEY", raising=False)
+
+
 @pytest.fixture
 def paths(tmp_path: Path) -> Paths:
     config = tmp_path / "config"

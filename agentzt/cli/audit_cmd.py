@@ -25,6 +25,23 @@ def _cell(value: object, limit: int | None = None) -> Text:
     return Text(text[:limit] if limit else text)
 
 
+def _highlights(meta: object) -> str:
+    """The meta facts worth a glance: a JIT use, redactions, a guardrail's risk."""
+    if not isinstance(meta, dict):
+        return ""
+    parts = []
+    if meta.get("via") == "jit":
+        parts.append("via jit")
+    redactions = meta.get("redactions")
+    if isinstance(redactions, dict) and redactions:
+        parts.append("redacted " + ", ".join(f"{k} x{v}" for k, v in redactions.items()))
+    for key in ("guardrail", "untrusted_content"):
+        found = meta.get(key)
+        if isinstance(found, dict) and found.get("risk") not in (None, "no_risk"):
+            parts.append(f"{key.replace('_', ' ')} {found.get('risk')}")
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
 def events_table(events: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     columns = ("seq", "time", "request id", "agent", "action", "resource", "decision")
@@ -42,7 +59,7 @@ def events_table(events: list[dict[str, Any]], title: str) -> Table:
             _cell(e.get("resource")),
             decision,
             _cell(e.get("status")),
-            _cell(e.get("reason"), 80),
+            _cell(f"{e.get('reason', '')}{_highlights(e.get('meta'))}", 140),
         )
     return table
 

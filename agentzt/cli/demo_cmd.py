@@ -13,6 +13,7 @@ from types import ModuleType
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 import agentzt
 from agentzt.audit import read_events, verify_chain
@@ -36,6 +37,9 @@ class Expectation:
     status: int
     error_type: str | None
     control: str
+    # Text the answer must hold, and text it must not (checked on the full body).
+    must_show: str | None = None
+    must_hide: str | None = None
 
 
 EXPECTED = [
@@ -47,6 +51,26 @@ EXPECTED = [
     Expectation("tool email.send (no standing scope)", 403, "permission_error", "least agency"),
     Expectation(
         "tool db.query: DELETE …", 400, "invalid_request_error", "parameter validation (SQL parser)"
+    ),
+    Expectation(
+        "prompt: ignore all previous instructions…",
+        403,
+        "guardrail_blocked",
+        "input guardrail (prompt injection)",
+    ),
+    Expectation(
+        "tool web.fetch: page leaks an sk-ant-… key",
+        200,
+        None,
+        "output guardrail (secret redaction, spotlighting)",
+        must_show="[REDACTED:anthropic-key]",
+        must_hide="sk-ant-",
+    ),
+    Expectation(
+        "tool email.send + x-agentzt-elevate",
+        200,
+        None,
+        "just-in-time elevation (single-use grant)",
     ),
 ]
 
@@ -128,6 +152,14 @@ def demo_cmd() -> None:
         raise typer.Exit(1)
 
 
+def _detail(expected: Expectation, outcome: object, body: str) -> str:
+    """The summary, or, where a step checks the body, the passage that proves it."""
+    if expected.must_show and expected.must_show in body:
+        at = body.index(expected.must_show)
+        return "…" + body[max(0, at - 30) : at + len(expected.must_show)]
+    return str(getattr(outcome, "summary", ""))
+
+
 def _render_steps(outcomes: list[object]) -> bool:
     table = Table(title="agentzt demo: every call went agent → client proxy → gateway")
     for column in ("#", "call", "expected", "actual", "control demonstrated", "detail", ""):
@@ -135,7 +167,13 @@ def _render_steps(outcomes: list[object]) -> bool:
     all_ok = len(outcomes) == len(EXPECTED)
     for number, (expected, outcome) in enumerate(zip(EXPECTED, outcomes, strict=False), start=1):
         status, error_type = getattr(outcome, "status", None), getattr(outcome, "error_type", None)
-        ok = status == expected.status and error_type == expected.error_type
+        body = str(getattr(outcome, "body", ""))
+        ok = (
+            status == expected.status
+            and error_type == expected.error_type
+            and (expected.must_show is None or expected.must_show in body)
+            and (expected.must_hide is None or expected.must_hide not in body)
+        )
         all_ok = all_ok and ok
         actual = f"{status} {error_type}" if error_type else str(status)
         table.add_row(
@@ -144,7 +182,7 @@ def _render_steps(outcomes: list[object]) -> bool:
             _expected_text(expected),
             actual,
             expected.control,
-            str(getattr(outcome, "summary", ""))[:70],
+            Text(_detail(expected, outcome, body)[:70]),
             "[green]✓[/]" if ok else "[red]✗[/]",
         )
     console.print(table)

@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from agentzt.errors import AgentztError, AuditWriteError, NotFoundError
 from agentzt.gateway import routes
-from agentzt.gateway.service import Call, Gateway
+from agentzt.gateway.call import Call
+from agentzt.gateway.service import Gateway
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import (
     REQUEST_ID_HEADER,
@@ -37,7 +38,10 @@ ROUTES: dict[tuple[str, str], tuple[str, routes.Handler]] = {
     ("POST", "/v1/messages/count_tokens"): ("model.count_tokens", routes.count_tokens),
     ("GET", "/v1/models"): ("model.list", routes.models),
     ("GET", "/v1/tools"): ("tool.list", routes.tools),
+    ("POST", "/v1/elevate"): ("elevation.grant", routes.elevate),
 }
+# The action recorded when a request on that route is denied.
+DENIED_ACTION = {"token.issue": "token.reject", "elevation.grant": "elevation.reject"}
 TOOL_PREFIX = "/v1/tools/"
 KNOWN_PATHS = {path for _, path in ROUTES}
 
@@ -80,9 +84,22 @@ def create_app(gw: Gateway) -> Starlette:
             log.exception("unexpected error handling %s", action)
             decision, call.reason = "deny", f"internal error: {type(exc).__name__}"
             response = _deny(AgentztError(), action, request_id)
-        if action == "token.issue" and decision == "deny":
-            call.action = action = "token.reject"
+        if decision == "deny" and action in DENIED_ACTION:
+            call.action = action = DENIED_ACTION[action]
         try:
+            for note in call.notes:
+                gw.audit.append(
+                    request_id=request_id,
+                    agent_id=call.agent_id,
+                    role=call.role,
+                    action=note.action,
+                    resource=call.resource,
+                    decision=note.decision,
+                    reason=note.reason,
+                    status=response.status_code,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    meta=note.meta,
+                )
             gw.audit.append(
                 request_id=request_id,
                 agent_id=call.agent_id,
@@ -106,7 +123,7 @@ def create_app(gw: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        gw.close()
+        await gw.aclose()
 
     return Starlette(
         routes=[Route("/{path:path}", endpoint, methods=METHODS)],

@@ -15,17 +15,22 @@ from agentzt.errors import (
     InvalidRequestError,
     InvalidScopeError,
     NotFoundError,
+    PermissionDeniedError,
     UnsupportedGrantTypeError,
 )
 from agentzt.gateway import mock_upstream
-from agentzt.gateway.service import Call, Gateway
-from agentzt.identity import CLIENT_ASSERTION_TYPE
+from agentzt.gateway.call import Call
+from agentzt.gateway.service import Gateway
+from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
+from agentzt.identity import CLIENT_ASSERTION_TYPE, Grant
 from agentzt.policy import Resource, Role
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import json_response, parse_json_object, read_body
 
 Handler = Callable[[Gateway, Request, Call], Awaitable[Response]]
 TOKEN_BODY_LIMIT = 16 * 1024
+ELEVATE_BODY_LIMIT = 16 * 1024
+MAX_REASON_CHARS = 500
 MODEL_CREATED_AT = "2025-01-01T00:00:00Z"
 
 
@@ -122,8 +127,10 @@ def _check_messages(body: dict[str, Any]) -> None:
             raise InvalidRequestError("each message needs content: a string or a list of blocks")
 
 
-async def _model_request(gw: Gateway, request: Request, call: Call) -> tuple[dict[str, Any], Role]:
-    """Steps 1-3 for model routes: authenticate and count, read, authorize the model."""
+async def _model_request(
+    gw: Gateway, request: Request, call: Call
+) -> tuple[dict[str, Any], Role, Grant | None]:
+    """Steps 1-2 for model routes: authenticate and count, read, authorize the model."""
     claims, role = gw.admit(request, call)
     body = parse_json_object(await read_body(request, gw.max_body_bytes))
     model = body.get("model")
@@ -132,13 +139,25 @@ async def _model_request(gw: Gateway, request: Request, call: Call) -> tuple[dic
         # request cannot write attacker-sized or unencodable text into the chain.
         call.resource = "model:<invalid>"
         raise InvalidRequestError("model is missing or not a valid model name")
-    gw.authorize(call, claims, Resource("model", model))
+    grant = gw.authorize(request, call, claims, role, Resource("model", model))
     _check_messages(body)
-    return body, role
+    return body, role, grant
+
+
+async def _screen(
+    gw: Gateway, call: Call, role: Role, grant: Grant | None, turns: list[Turn]
+) -> None:
+    """Steps 5-6 and the JIT use: input guardrail, ABAC on hours and risk, grant counted."""
+    risk = await gw.guard.screen(
+        call, turns, risk_needed=role.abac.deny_above_risk_level is not None
+    )
+    gw.check_hours(call, role)
+    gw.check_risk(call, role, risk)
+    gw.use_grant(call, grant, role)
 
 
 async def messages(gw: Gateway, request: Request, call: Call) -> Response:
-    body, role = await _model_request(gw, request, call)
+    body, role, grant = await _model_request(gw, request, call)
     limit = role.limits.max_output_tokens
     max_tokens = _max_tokens(body)
     if max_tokens > limit:
@@ -150,18 +169,22 @@ async def messages(gw: Gateway, request: Request, call: Call) -> Response:
         raise InvalidRequestError(
             "streaming is not supported yet", message="stream=true is not supported yet"
         )
+    turns = message_turns(body)
+    await _screen(gw, call, role, grant, turns)
     result = mock_upstream.message(body)
     call.meta["usage"] = result["usage"]
-    return json_response(result)
+    return json_response(await gw.guard.release_answer(call, turns, result))
 
 
 async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
-    body, _ = await _model_request(gw, request, call)
+    body, role, grant = await _model_request(gw, request, call)
+    await _screen(gw, call, role, grant, message_turns(body))
     return json_response({"input_tokens": mock_upstream.estimate_tokens(body)})
 
 
 async def models(gw: Gateway, request: Request, call: Call) -> Response:
     claims, role = gw.admit(request, call)
+    gw.check_hours(call, role)
     names = gw.allowed_for(claims, role, "model")
     call.reason = f"listed {len(names)} allowed models"
     data = [
@@ -179,6 +202,7 @@ async def models(gw: Gateway, request: Request, call: Call) -> Response:
 
 async def tools(gw: Gateway, request: Request, call: Call) -> Response:
     claims, role = gw.admit(request, call)
+    gw.check_hours(call, role)
     known = gw.toolbox.names()
     names = [n for n in gw.allowed_for(claims, role, "tool") if n in known]
     call.reason = f"listed {len(names)} allowed tools"
@@ -187,21 +211,82 @@ async def tools(gw: Gateway, request: Request, call: Call) -> Response:
 
 def tool_call(name: str) -> Handler:
     async def handler(gw: Gateway, request: Request, call: Call) -> Response:
-        claims, _ = gw.admit(request, call)
+        claims, role = gw.admit(request, call)
         call.resource = f"tool:{name}"
         # Authenticated callers only learn which tools exist.
         if name not in gw.toolbox.names():
             raise NotFoundError("unknown tool", message="unknown tool")
-        gw.authorize(call, claims, Resource("tool", name))
+        grant = gw.authorize(request, call, claims, role, Resource("tool", name))
         body = parse_json_object(await read_body(request, gw.max_body_bytes))
         if set(body) - {"arguments"}:
             raise InvalidRequestError(
                 "unknown field in tool call body; only 'arguments' is accepted"
             )
         arguments = gw.toolbox.validate(name, body.get("arguments", {}))
+        await _screen(gw, call, role, grant, argument_turns(arguments))
         # Tools are synchronous and may use a bounded amount of CPU (a database query);
         # a worker thread keeps the event loop serving other agents meanwhile.
         output = await run_in_threadpool(gw.toolbox.run, name, arguments)
-        return json_response({"ok": True, "output": output})
+        released = await gw.guard.release_tool_output(
+            call, name, output, gw.toolbox.untrusted_fields(name)
+        )
+        return json_response({"ok": True, "output": released})
 
     return handler
+
+
+def _elevation_request(body: dict[str, Any]) -> tuple[Resource, str, int | None]:
+    unknown = set(body) - {"kind", "name", "reason", "ttl_seconds"}
+    if unknown:
+        reason = "unknown field in elevation request; accepted: kind, name, reason, ttl_seconds"
+        raise InvalidRequestError(reason, message=reason)
+    kind, name, why, ttl = body.get("kind"), body.get("name"), body.get("reason"), None
+    if kind not in ("tool", "model"):
+        raise InvalidRequestError("kind must be 'tool' or 'model'")
+    if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name):
+        raise InvalidRequestError("name must be a valid tool or model name")
+    if not isinstance(why, str) or not why.strip():
+        raise InvalidRequestError("a reason is required")
+    why = " ".join(why.split())
+    if len(why) > MAX_REASON_CHARS or not why.isprintable():
+        raise InvalidRequestError(
+            f"reason must be printable text of at most {MAX_REASON_CHARS} characters"
+        )
+    if "ttl_seconds" in body:
+        ttl = body["ttl_seconds"]
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise InvalidRequestError("ttl_seconds must be a positive integer")
+    return Resource("tool" if kind == "tool" else "model", name), why, ttl
+
+
+async def elevate(gw: Gateway, request: Request, call: Call) -> Response:
+    """Issue a JIT grant for exactly one resource the role lists as elevatable."""
+    claims, role = gw.admit(request, call)
+    body = parse_json_object(await read_body(request, ELEVATE_BODY_LIMIT))
+    resource, reason, ttl = _elevation_request(body)
+    call.resource = resource.scope
+    call.meta["reason"] = reason
+    elevatable = (
+        role.jit.elevatable_tools if resource.kind == "tool" else role.jit.elevatable_models
+    )
+    if resource.name not in elevatable:
+        raise PermissionDeniedError(
+            f"{resource.scope} is not elevatable for role {role.name}",
+            message=f"{resource.kind} '{resource.name}' is not elevatable for this agent's role",
+        )
+    gw.check_hours(call, role)
+    cap = role.jit.max_ttl_seconds
+    ttl = min(ttl or cap, cap)
+    grant_token, grant = gw.elevations.issue(
+        claims.agent_id, kind=resource.kind, name=resource.name, reason=reason, ttl=ttl
+    )
+    call.reason = f"JIT grant for {resource.scope} to {claims.agent_id} for {ttl} s"
+    call.meta.update(grant={"jti": grant.jti, "exp": grant.exp}, max_uses=role.jit.max_uses)
+    return json_response(
+        {
+            "elevation_grant": grant_token,
+            "expires_in": ttl,
+            "resource": {"kind": resource.kind, "name": resource.name},
+        },
+        headers={"cache-control": "no-store", "pragma": "no-cache"},
+    )

@@ -7,48 +7,41 @@ loaded here, so a request does lookups and checks only.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from starlette.requests import Request
 
 from agentzt.audit import AuditLog
 from agentzt.config import GatewaySettings, Paths, load_gateway_settings
 from agentzt.errors import AuthenticationError, PermissionDeniedError
+from agentzt.gateway.call import Call
+from agentzt.gateway.guard import Guard
 from agentzt.gateway.ratelimit import SlidingWindowLimiter
 from agentzt.identity import (
     AccessClaims,
     AccessTokenIssuer,
     AccessTokenVerifier,
     AssertionVerifier,
+    ElevationIssuer,
+    ElevationVerifier,
+    Grant,
+    GrantUses,
     Registry,
     ReplayCache,
     VerifyKey,
     load_or_create_signing_key,
 )
-from agentzt.policy import DecisionRequest, Policy, Resource, decide, load_policy
+from agentzt.policy import Decision, DecisionRequest, Policy, Resource, decide, load_policy
+from agentzt.policy.abac import check_hours, check_risk
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.policy.model import Role
 from agentzt.tools import ToolBox, default_toolbox
 
 log = logging.getLogger("agentzt.gateway")
 Clock = Callable[[], float]
-
-
-@dataclass
-class Call:
-    """What one request did, filled in as it goes and written to the audit log."""
-
-    request_id: str
-    action: str
-    started: float
-    agent_id: str | None = None
-    role: str | None = None
-    resource: str | None = None
-    reason: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+ELEVATION_HEADER = "x-agentzt-elevation"
 
 
 class Gateway:
@@ -61,6 +54,7 @@ class Gateway:
         public_url: str,
         settings: GatewaySettings | None = None,
         clock: Clock = time.time,
+        env: Mapping[str, str] = os.environ,
     ) -> None:
         self.settings = settings or load_gateway_settings(paths.gateway_toml)
         self.issuer = (self.settings.issuer or public_url).rstrip("/")
@@ -93,12 +87,17 @@ class Gateway:
             max_ttl=tokens.access_token_ttl_seconds,
             clock=clock,
         )
+        self.elevations = ElevationIssuer(signing_key, issuer=self.issuer, clock=clock)
+        self.grants = ElevationVerifier(self.public_key, issuer=self.issuer, clock=clock)
+        self.grant_uses = GrantUses(clock)
+        self.guard = Guard(self.settings.guardrails, env)
         self.limiter = SlidingWindowLimiter(clock)
         self.toolbox: ToolBox = default_toolbox()
         self.max_body_bytes = self.settings.limits.max_body_bytes
         self.audit = AuditLog(paths.audit_log, clock=clock)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        await self.guard.aclose()
         self.audit.close()
 
     # --- the enforcement steps, in decision order ---------------------------------
@@ -132,8 +131,13 @@ class Gateway:
             raise AuthenticationError("the agent's registered role changed since issuance")
         return claims
 
-    def authorize(self, call: Call, claims: AccessClaims, resource: Resource) -> None:
-        """Step 2: the PDP must allow this resource for this token and role."""
+    def authorize(
+        self, request: Request, call: Call, claims: AccessClaims, role: Role, resource: Resource
+    ) -> Grant | None:
+        """Step 2: the PDP must allow the resource, or a valid JIT grant must cover it.
+
+        Returns the grant when the call goes through one (to be used in ``use_grant``).
+        """
         call.resource = resource.scope
         decision = decide(
             self.policy,
@@ -146,15 +150,82 @@ class Gateway:
         )
         call.meta["rule"] = decision.rule
         call.reason = decision.reason
-        if not decision.allowed:
+        if decision.allowed:
+            return None
+        presented = request.headers.getlist(ELEVATION_HEADER)
+        if not presented:
             shown = resource.name if RESOURCE_NAME.fullmatch(resource.name) else "requested"
             raise PermissionDeniedError(
                 decision.reason,
                 message=f"{resource.kind} '{shown}' is not allowed for this agent's role",
             )
+        return self._check_grant(presented, call, claims, role, resource)
+
+    def _check_grant(
+        self,
+        presented: list[str],
+        call: Call,
+        claims: AccessClaims,
+        role: Role,
+        resource: Resource,
+    ) -> Grant:
+        def refuse(reason: str) -> PermissionDeniedError:
+            return PermissionDeniedError(
+                f"invalid elevation grant: {reason}", message=f"invalid elevation grant: {reason}"
+            )
+
+        if len(presented) != 1:
+            raise refuse("more than one grant presented")
+        try:
+            grant = self.grants.verify(presented[0].strip())
+        except AuthenticationError as exc:
+            raise PermissionDeniedError(
+                f"invalid elevation grant: {exc.detail}", message="invalid elevation grant"
+            ) from exc
+        call.meta["grant"] = {"jti": grant.jti, "exp": grant.exp}
+        if grant.agent_id != claims.agent_id:
+            raise refuse("issued to another agent")
+        if grant.scope != resource.scope:
+            raise refuse("issued for another resource")
+        # The live policy decides, so removing a resource from a role's jit list (or
+        # shortening its TTL) also retires grants already handed out.
+        if resource.name not in _elevatable(role, resource.kind):
+            raise refuse(f"{resource.scope} is not elevatable for role {role.name}")
+        if grant.exp - grant.iat > role.jit.max_ttl_seconds:
+            raise refuse("lifetime over the role's max_ttl_seconds")
+        if self.grant_uses.used(grant.jti) >= role.jit.max_uses:
+            raise refuse("used up")
+        call.meta["rule"] = f"roles.{role.name}.jit"
+        call.reason = f"{resource.scope} allowed by JIT grant {grant.jti}"
+        return grant
+
+    def use_grant(self, call: Call, grant: Grant | None, role: Role) -> None:
+        """Count one use of the grant right before the resource is used (step 7)."""
+        if grant is None:
+            return
+        use = self.grant_uses.consume(grant, max_uses=role.jit.max_uses)
+        call.meta.update(via="jit", grant={"jti": grant.jti, "use": use, "of": role.jit.max_uses})
+
+    def check_hours(self, call: Call, role: Role) -> None:
+        """Step 6, hours: operating hours are checked at call time with the gateway clock."""
+        self._enforce(call, check_hours(role, self.clock()), "outside this role's operating hours")
+
+    def check_risk(self, call: Call, role: Role, risk: str | None) -> None:
+        """Step 6, risk: the guardrail's risk level against the role's limit."""
+        self._enforce(call, check_risk(role, risk), "request risk is above this role's limit")
+
+    @staticmethod
+    def _enforce(call: Call, decision: Decision, message: str) -> None:
+        if not decision.allowed:
+            call.meta["abac"] = decision.rule
+            raise PermissionDeniedError(decision.reason, message=message)
 
     @staticmethod
     def allowed_for(claims: AccessClaims, role: Role, kind: str) -> list[str]:
         """Names of ``kind`` ("model" or "tool") this token may use under the live role."""
         names = role.models if kind == "model" else role.tools
         return [n for n in names if f"{kind}:{n}" in claims.scope]
+
+
+def _elevatable(role: Role, kind: str) -> frozenset[str]:
+    return role.jit.elevatable_tools if kind == "tool" else role.jit.elevatable_models

@@ -3,6 +3,7 @@
 The only home of pyjwt and pynacl in the package.
 """
 
+from agentzt.identity.elevation import ElevationIssuer, ElevationVerifier, Grant, GrantUses
 from agentzt.identity.keys import (
     SigningKey,
     VerifyKey,
@@ -27,6 +28,10 @@ __all__ = [
     "AccessTokenVerifier",
     "AgentRecord",
     "AssertionVerifier",
+    "ElevationIssuer",
+    "ElevationVerifier",
+    "Grant",
+    "GrantUses",
     "Registry",
     "ReplayCache",
     "SigningKey",

@@ -7,6 +7,7 @@ the agent's access token and a request id, and relays the gateway's answer uncha
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentzt.errors import AgentztError, NotFoundError, UpstreamError
+from agentzt.errors import AgentztError, InvalidRequestError, NotFoundError, UpstreamError
 from agentzt.identity import SigningKey
 from agentzt.proxy.session import TokenSession
 from agentzt.wire import REQUEST_ID_HEADER, error_response, json_response, read_body, request_id_of
@@ -31,9 +32,15 @@ FORWARDED_PATHS = {
     ("GET", "/v1/tools"),
 }
 TOOL_CALL = re.compile(r"/v1/tools/[a-z0-9][a-z0-9._-]{0,126}")
+# ``x-agentzt-elevate: tool:NAME`` asks the proxy to get a JIT grant before the call.
+ELEVATE_HEADER = "x-agentzt-elevate"
+ELEVATE_REASON_HEADER = "x-agentzt-elevate-reason"
+ELEVATE_VALUE = re.compile(r"(tool|model):([a-z0-9][a-z0-9._-]{0,126})")
+ELEVATION_HEADER = "x-agentzt-elevation"
 # IMPORTANT: only these request headers travel to the gateway. Credentials the agent
-# sends (authorization, x-api-key, cookies) are never among them.
-FORWARD_REQUEST_HEADERS = ("content-type", "accept", "user-agent")
+# sends (authorization, x-api-key, cookies) are never among them. A grant the agent
+# holds (from ``agentzt elevate``) may be presented as is.
+FORWARD_REQUEST_HEADERS = ("content-type", "accept", "user-agent", ELEVATION_HEADER)
 # Hop-by-hop and framing headers are the relay's own business, not the gateway's answer.
 DROP_RESPONSE_HEADERS = frozenset(
     {
@@ -88,6 +95,75 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
 
+    async def exchange(
+        request: Request,
+        request_id: str,
+        method: str,
+        url: str,
+        body: bytes,
+        extra: dict[str, str | None],
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One call to the gateway with a current token; on 401 get a new token, retry once.
+
+        ``extra`` adds headers; a None value removes one the agent sent.
+        """
+        session, http = link.session, link.http
+
+        def headers_with(token: str) -> dict[str, str]:
+            headers = _outbound_headers(request, request_id, token)
+            for name, value in extra.items():
+                if value is None:
+                    headers.pop(name, None)
+                else:
+                    headers[name] = value
+            return headers
+
+        token = await session.token()
+        status, answer_headers, payload = await send(http, method, url, headers_with(token), body)
+        if status == 401:
+            # The token may have been revoked or expired early: get a new one, retry once.
+            token = await session.refresh(stale=token)
+            status, answer_headers, payload = await send(
+                http, method, url, headers_with(token), body
+            )
+        return status, answer_headers, payload
+
+    async def elevation_for(
+        request: Request, request_id: str
+    ) -> dict[str, str | None] | tuple[int, list[tuple[str, str]], bytes]:
+        """The grant header for an ``x-agentzt-elevate`` call, or the gateway's refusal."""
+        wanted = request.headers.getlist(ELEVATE_HEADER)
+        if not wanted:
+            return {}
+        match = ELEVATE_VALUE.fullmatch(wanted[0].strip()) if len(wanted) == 1 else None
+        if match is None:
+            raise InvalidRequestError(
+                "bad x-agentzt-elevate header",
+                message="x-agentzt-elevate must be 'tool:NAME' or 'model:NAME'",
+            )
+        reason = request.headers.get(ELEVATE_REASON_HEADER, "").strip() or (
+            f"requested by agent {agent_id} through its client proxy for "
+            f"{request.method} {request.url.path}"
+        )
+        body = json.dumps({"kind": match[1], "name": match[2], "reason": reason}).encode()
+        status, headers, payload = await exchange(
+            request,
+            request_id,
+            "POST",
+            f"{gateway}/v1/elevate",
+            body,
+            {"content-type": "application/json", ELEVATION_HEADER: None},
+        )
+        if status != 200:
+            return status, headers, payload
+        try:
+            grant = json.loads(payload)["elevation_grant"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError("gateway sent a malformed elevation answer") from exc
+        if not isinstance(grant, str):
+            raise UpstreamError("gateway sent a malformed elevation answer")
+        return {ELEVATION_HEADER: grant}
+
     async def endpoint(request: Request) -> Response:
         request_id = request_id_of(request.headers)
         path, method = request.url.path, request.method
@@ -96,20 +172,16 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
                 return json_response({"status": "ok", "agent_id": agent_id})
             if not _forwarded(path, method):
                 raise NotFoundError("the proxy does not forward this route")
-            session, http = link.session, link.http
             body = await read_body(request, MAX_BODY_BYTES)
             url = f"{gateway}{path}"
             if request.url.query:
                 url += f"?{request.url.query}"
-            token = await session.token()
-            status, headers, payload = await send(
-                http, method, url, _outbound_headers(request, request_id, token), body
-            )
-            if status == 401:
-                # The token may have been revoked or expired early: get a new one, retry once.
-                token = await session.refresh(stale=token)
-                status, headers, payload = await send(
-                    http, method, url, _outbound_headers(request, request_id, token), body
+            extra = await elevation_for(request, request_id)
+            if isinstance(extra, tuple):
+                status, headers, payload = extra
+            else:
+                status, headers, payload = await exchange(
+                    request, request_id, method, url, body, extra
                 )
         except AgentztError as exc:
             response = error_response(exc, request_id)

@@ -39,6 +39,9 @@ class Tool:
     schema: Mapping[str, Any]
     handler: Callable[[Arguments], Any]
     check: Callable[[Arguments], None] | None = None
+    # Top-level output fields that carry third-party content (a fetched page). The
+    # gateway spotlights them as data before the agent, and later a model, reads them.
+    untrusted_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class ToolBox:
         if entry.tool.check is not None:
             entry.tool.check(checked)
         return checked
+
+    def untrusted_fields(self, name: str) -> tuple[str, ...]:
+        return self._get(name).tool.untrusted_fields
 
     def run(self, name: str, arguments: Arguments) -> Any:
         """Run the tool's handler on arguments that ``validate`` returned."""

@@ -118,4 +118,5 @@ WEB_FETCH = Tool(
     },
     handler=_handle,
     check=_check,
+    untrusted_fields=("body",),
 )

@@ -1,0 +1,87 @@
+"""``agentzt elevate``: ask the gateway for a just-in-time grant as an enrolled agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import aiohttp
+import typer
+
+from agentzt.cli import app, paths_of
+from agentzt.cli.serve_cmds import DEFAULT_GATEWAY
+from agentzt.errors import AgentztError, UpstreamError, UsageError
+from agentzt.identity import SigningKey, read_private_key
+from agentzt.identity.registry import check_agent_id
+from agentzt.policy.load import RESOURCE_NAME
+from agentzt.proxy.session import TokenSession
+
+
+async def _request_grant(
+    *, agent_id: str, key: SigningKey, gateway: str, request: dict[str, Any]
+) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        session = TokenSession(agent_id=agent_id, key=key, gateway_url=gateway, http=http)
+        token = await session.token()
+        try:
+            async with http.post(
+                f"{gateway}/v1/elevate",
+                json=request,
+                headers={"authorization": f"Bearer {token}"},
+            ) as resp:
+                status, body = resp.status, await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
+    if status != 200 or not isinstance(body, dict) or "elevation_grant" not in body:
+        error = body.get("error") if isinstance(body, dict) else None
+        kind = error.get("type") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        raise AgentztError(f"gateway refused the elevation: {status} {kind}: {message}")
+    return body
+
+
+@app.command("elevate")
+def elevate_cmd(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Option("--agent", help="The enrolled agent asking.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the grant is needed (audited).")],
+    tool: Annotated[str | None, typer.Option("--tool", help="Tool to elevate to.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model to elevate to.")] = None,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", min=1, help="Seconds; capped by the role.")
+    ] = None,
+    gateway: Annotated[
+        str, typer.Option("--gateway", envvar="AGENTZT_GATEWAY_URL", help="Gateway base URL.")
+    ] = DEFAULT_GATEWAY,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the gateway's answer.")] = False,
+) -> None:
+    """Request a JIT grant as that agent and print it (the grant alone on stdout)."""
+    check_agent_id(agent)
+    if (tool is None) == (model is None):
+        raise UsageError("give exactly one of --tool NAME or --model NAME")
+    kind, name = ("tool", tool) if tool is not None else ("model", model)
+    assert name is not None
+    if not RESOURCE_NAME.fullmatch(name):
+        raise UsageError(f"--{kind} {name[:80]!r} is not a valid {kind} name")
+    if not reason.strip():
+        raise UsageError("--reason must not be empty")
+    if not gateway.startswith(("http://", "https://")):
+        raise UsageError(f"--gateway {gateway[:80]!r} is not an http(s) URL")
+    key = read_private_key(paths_of(ctx).identity_key(agent))
+    request: dict[str, Any] = {"kind": kind, "name": name, "reason": reason}
+    if ttl is not None:
+        request["ttl_seconds"] = ttl
+    answer = asyncio.run(
+        _request_grant(agent_id=agent, key=key, gateway=gateway.rstrip("/"), request=request)
+    )
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    typer.echo(
+        f"granted {kind}:{name} to {agent} for {answer.get('expires_in')} s; "
+        "present it as the x-agentzt-elevation header",
+        err=True,
+    )
+    typer.echo(str(answer["elevation_grant"]))

@@ -1,0 +1,538 @@
+"""The offline prompt-injection detector: phrase and structure rules over normalized text.
+
+``LocalDetector.scan`` reads every text segment of a conversation and returns one
+``Verdict``. Each segment is normalized (see ``normalize``) and matched against the rules
+in ``RULES``; its hidden views (decoded base64, hex, percent-encoding, tag characters,
+leetspeak, spaced-out letters) are matched too, and a rule that matches only there adds
+the ``obfuscation`` category, because hiding an instruction is itself a signal.
+
+Risk combines across the whole conversation: each category counts 1, 2 or 3 points for
+its strongest low, medium or high match, and the total lifts the verdict (2 points make
+medium, 4 make high), so two medium signals, or a medium with an ``obfuscation``, are high.
+
+Mentions versus instructions, the trade-off: text that *discusses* injection quotes the
+same phrases it warns about. A match introduced by a mention marker ("like", "such as",
+"e.g.", "the phrase", "detects", ...) or quoted in a segment that talks about attacks is
+downgraded to ``low_risk`` and adds no points. This keeps security training, red-team
+notes and guardrail code from being blocked, at a price: an attacker who writes "for
+example, ignore previous instructions ..." gets ``low_risk`` too. Two things limit that:
+the downgrade stops at ``low_risk`` (a policy can still deny at low), and it is cancelled
+for the whole segment when the segment also carries an exfiltration or concealment
+instruction that is not itself a mention, since discussion has no reason to aim those at
+the reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from agentzt.guardrails.normalize import has_tag_text, hidden_views, is_disguised, normalize
+from agentzt.guardrails.verdict import RISK_LEVELS, Verdict
+
+__all__ = ["RULES", "LocalDetector", "Rule"]
+
+LOW, MEDIUM, HIGH = RISK_LEVELS[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One phrase or structure rule over normalized text.
+
+    ``anchors`` are the words a match can start with: the rule is tried only where one of
+    them stands, which is what keeps a scan cheap. A rule with no anchors starts with a
+    symbol (``<|``, ``[``, ``#``) and is searched for everywhere. ``near``, when set, must
+    also match within ``_NEAR_WINDOW`` characters of the hit.
+    """
+
+    id: str
+    category: str
+    risk: str
+    anchors: str
+    pattern: str
+    near: str | None = None
+
+
+# Shared vocabulary, each with the words it can start with (its anchors). Every gap is a
+# bounded repeat of disjoint classes, so no pattern can backtrack catastrophically.
+_PRIOR = (
+    r"(?:previous|prior|above|earlier|preceding|foregoing|original|initial|old|former|"
+    r"existing|system|developer|safety|your|all|any)"
+)
+_PRIOR_A = _PRIOR[3:-1].replace("|", " ")
+_ORDERS = (
+    r"(?:instructions?|rules?|guidelines?|directives?|directions?|prompts?|commands?|"
+    r"guidance|constraints?|orders|restrictions?|polic(?:y|ies)|programming|safeguards?)"
+)
+_ORDERS_A = (
+    "instruction instructions rule rules guideline guidelines directive directives direction "
+    "directions prompt prompts command commands guidance constraint constraints orders "
+    "restriction restrictions policy policies programming safeguard safeguards"
+)
+_DROP = (
+    r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|override|overriding|"
+    r"bypass|bypassing|neglect|abandon|discard|set aside|pay no attention to|never ?mind|"
+    r"overwrite|replace|throw out|scrap|do not follow|don't follow|stop following|"
+    r"no longer follow)"
+)
+_DROP_A = (
+    "ignore ignoring disregard disregarding forget forgetting override overriding bypass "
+    "bypassing neglect abandon discard set pay never nevermind overwrite replace throw scrap "
+    "do don stop no"
+)
+_VOID = (
+    r"(?:void|null|cancel+ed|revoked|obsolete|invalid|superseded|replaced|overridden|"
+    r"outdated|lifted|disabled|suspended|deactivated|no longer (?:valid|in effect|active)|"
+    r"(?:just |only )?a test|fake|a decoy|wrong|not real|never (?:written|given|said|real))"
+)
+# Softer nouns for what the model was told: too common to count without other context.
+_TASK = r"(?:task|assignment|job|mission|briefing|context|configuration|setup)"
+_AI = (
+    r"(?:ai|llm|gpt|chatgpt|claude|gemini|copilot|assistant|agent|model|chatbot|bot|"
+    r"automated agent|language model)s?"
+)
+_AI_A = (
+    "ai llm gpt chatgpt claude gemini copilot assistant agent model chatbot bot automated language"
+)
+_LIMITS = (
+    r"(?:restrictions|limitations|limits|rules|content polic(?:y|ies)|filters|censorship|"
+    r"ethics|morals|boundaries|(?:typical )?confines|(?:ethical|moral|safety) "
+    r"(?:guidelines|rules|constraints|training|protocols|filters|restrictions|policies))"
+)
+_EVIL = r"(?:unrestricted|unfiltered|uncensored|jailbroken|unchained|amoral|unethical|evil|rogue)"
+_EVIL_A = _EVIL[3:-1].replace("|", " ")
+_SEND = (
+    r"(?:send|email|e-mail|mail|forward|post|upload|transmit|exfiltrate|leak|share|copy|"
+    r"paste|submit|deliver|push|dump|include|attach|bcc|transfer|sync|relay|curl|wget|"
+    r"append|add|embed|insert|put|write)"
+)
+_SEND_A = _SEND[3:-1].replace("|", " ").replace("e-mail", "e")
+_DEST = (
+    r"(?:[\w.+-]+@[\w-]+(?:\.[\w-]+)+|https?://|(?:\d{1,3}\.){3}\d{1,3}|pastebin|"
+    r"(?:my|this|our|the following|an? external|an outside|a remote|the attacker'?s?|"
+    r"a third[- ]party)\s+(?:[\w-]+\s+)?(?:server|address|e-?mail|inbox|endpoint|webhook|"
+    r"url|host|site|website|account|bucket|domain|channel)|"
+    r"[\w-]+\.(?:com|net|org|io|ru|cn|xyz|top|site|app|dev|info|biz|example)\b)"
+)
+# The gap may hold dots inside paths and domains, not a full stop ending the sentence.
+_TO_DEST = rf"(?:[^.!?;]|\.(?=\S)){{0,160}}?\b(?:to|at|into|via|with|bcc|cc)\s*[=:]?\s*{_DEST}"
+_SECRET = (
+    r"(?:credentials?|passwords?|passwd|passphrases?|api[ _-]?keys?|secrets?|access keys?|"
+    r"private keys?|ssh|id_rsa|id_ed25519|\.env\b|\.aws|\.netrc|/etc/shadow|tokens?|"
+    r"cookies?|session ids?|keychain|vault|wallet|seed phrase|credit cards?|kubeconfig)"
+)
+_LEAK = (
+    r"(?:reveal|print|repeat|show|output|display|tell me|give me|share|disclose|dump|leak|"
+    r"recite|quote|copy|paste|write out|spell out|summari[sz]e|list|return|echo|expose|"
+    r"read back|send me|provide)"
+)
+_LEAK_A = (
+    "reveal print repeat show output display tell give share disclose dump leak recite quote "
+    "copy paste write spell summarize summarise list return echo expose read send provide"
+)
+_HIDDEN = (
+    r"(?:system|hidden|initial|original|secret|developer|internal|confidential|private|"
+    r"first|exact|underlying|raw)"
+)
+_USERS = r"(?:the |your )?(?:[\w-]+ )?(?:user|human|operator|owner|customer|requester|admin)s?\b"
+
+RULES: tuple[Rule, ...] = (
+    # instruction_override: the core of an injection, telling the model to drop its orders.
+    Rule("override.drop_prior", "instruction_override", HIGH, _DROP_A,
+         rf"\b{_DROP}\s+(?:[\w'-]+\s+){{0,3}}?{_PRIOR}\s+(?:[\w'-]+\s+){{0,2}}?{_ORDERS}\b"),
+    Rule("override.drop_given", "instruction_override", HIGH, _DROP_A,
+         rf"\b{_DROP}\s+(?:the|these|those|your)\s+(?:{_ORDERS}|{_TASK})\s+(?:you (?:were|have "
+         r"been) given|you received|given to you|above|before)"),
+    Rule("override.drop_everything", "instruction_override", HIGH, _DROP_A,
+         rf"\b{_DROP}\s+(?:everything|anything|whatever|all)\s+(?:of\s+)?(?:(?:that\s+)?you "
+         r"(?:were|have been|'ve been) (?:told|given|taught|instructed)|(?:the\s+)?(?:above|"
+         r"before|previously|earlier)|(?:in|from)\s+(?:your|the)\s+(?:earlier|previous|prior|"
+         r"original|initial|system))"),
+    Rule("override.drop_user_request", "instruction_override", HIGH, _DROP_A,
+         rf"\b{_DROP}\s+(?:the\s+)?user'?s?\s+(?:request|question|task|query|instructions)"),
+    Rule("override.whatever_user_asked", "instruction_override", MEDIUM, "whatever regardless no",
+         r"\b(?:whatever|regardless of what|no matter what)\s+the\s+user\s+(?:asks?|asked|says?|"
+         r"said|wants?|requests?|requested|types?)\b"),
+    Rule("override.prior_void", "instruction_override", HIGH, _PRIOR_A,
+         rf"\b{_PRIOR}\s+(?:[\w-]+\s+){{0,2}}?{_ORDERS}\s+(?:are|is|were|have been|has been)"
+         rf"\s+(?:now\s+|hereby\s+)?{_VOID}"),
+    Rule("override.received_void", "instruction_override", HIGH, _ORDERS_A,
+         rf"\b{_ORDERS}\s+(?:you\s+(?:received|were given|got|have)|above|so far|before this)"
+         rf"\s+(?:\w+\s+)?(?:are|is|were|have been)\s+(?:now\s+)?{_VOID}"),
+    Rule("override.prior_task_void", "instruction_override", MEDIUM, _PRIOR_A,
+         rf"\b{_PRIOR}\s+(?:[\w-]+\s+)?{_TASK}\s+(?:is|was|has been)\s+(?:now\s+)?{_VOID}"),
+    Rule("override.limits_lifted", "instruction_override", MEDIUM,
+         "restrictions rules filters guardrails content safety",
+         r"\b(?:restrictions|rules|filters|guardrails|content polic(?:y|ies)|safety "
+         r"(?:rules|filters|guidelines))\s+(?:are|have been|is)\s+(?:now\s+|hereby\s+)?(?:lifted|"
+         r"disabled|suspended|removed|off|waived)\s+for\s+(?:this\s+(?:chat|conversation|"
+         r"session|request)|you)\b"),
+    Rule("override.not_apply_to_you", "instruction_override", MEDIUM, _ORDERS_A + " system",
+         rf"\b(?:{_ORDERS}|system (?:message|prompt))\b[^.;!?]{{0,60}}?\b(?:no longer|do not|"
+         r"does not|don't|doesn't) apply to you\b"),
+    Rule("override.no_longer_apply", "instruction_override", MEDIUM,
+         "instructions guidelines directives system",
+         r"\b(?:instructions|guidelines|directives|system (?:message|prompt))\b[^.;!?]{0,40}?"
+         r"\bno longer apply"),
+    Rule("override.real_ones_follow", "instruction_override", MEDIUM, "real actual true new",
+         r"\b(?:real|actual|true|new)\s+(?:ones|instructions|rules|task)\s+(?:follow|"
+         r"are below|are as follows)\b"),
+    Rule("override.new_instructions", "instruction_override", MEDIUM,
+         "new updated revised real actual true additional important urgent secret hidden",
+         r"\b(?:new|updated|revised|real|actual|true|additional|important|urgent|secret|"
+         rf"hidden)\s+(?:system\s+)?instructions?\s*(?::|for\s+(?:the\s+|any\s+|all\s+)?{_AI}\b)"),
+    Rule("override.new_task", "instruction_override", MEDIUM, "your",
+         r"\byour\s+(?:new|real|actual|true|only)\s+(?:task|job|goal|objective|purpose|role|"
+         r"mission|instructions)\s+(?:is|are|now)\b"),
+    Rule("override.new_rule", "instruction_override", LOW, "new",
+         r"\bnew\s+(?:rule|task|objective|goal|role|directive|persona)s?\s*:"),
+    Rule("override.from_now_on", "instruction_override", MEDIUM, "from henceforth for",
+         r"\b(?:from now on|from this (?:moment|point)(?: on(?:ward)?)?|henceforth|for the rest "
+         r"of this (?:conversation|session|chat))\s*,?\s*(?:you\s+(?:will|are|must|shall|"
+         r"should|have|no longer|do not|don't|won't|never|may now|can now|always)|answer|"
+         r"respond|reply|act|behave|ignore|pretend)\b"),
+    Rule("override.foreign_language", "instruction_override", MEDIUM,
+         "ignora ignorez ignorer ignoriere ignorieren vergiss vergessen olvida oubliez ignorar "
+         "esque ignorare dimentica negeer vergeet",
+         r"\b(?:ignora|ignorez|ignorer|ignoriere|ignorieren|vergiss|vergessen|olvida|oubliez|"
+         r"ignorar|esqueça|ignorare|dimentica|negeer|vergeet)\b.{0,40}?\b(?:instrucciones|"
+         r"instructions|anweisungen|instruções|istruzioni|regeln|reglas|règles|consignes|"
+         r"instructies)\b"),
+    # role_hijack: a new persona without the model's rules.
+    Rule("hijack.you_are_now", "role_hijack", HIGH, "you",
+         r"\byou(?:\s+are|'re)\s+(?:now\s+|hereby\s+|officially\s+)?(?:an?\s+|in\s+|the\s+)?"
+         rf"(?:dan\b|{_EVIL}|no longer (?:bound|restricted|an ai|limited|constrained)|"
+         r"(?:developer|god|jailbreak|dan|sudo|admin|debug|maintenance|unrestricted|evil|"
+         r"chaos) mode)"),
+    Rule("hijack.do_anything_now", "role_hijack", HIGH, "do", r"\bdo anything now\b"),
+    Rule("hijack.jailbreak_mode", "role_hijack", HIGH, f"dan jailbreak chaos no {_EVIL_A}",
+         rf"\b(?:dan|jailbreak|{_EVIL}|chaos|no[- ]?limits?)\s+mode\b"),
+    Rule("hijack.enable_mode", "role_hijack", LOW,
+         "enable enter activate switch turn unlock engage boot",
+         r"\b(?:enable|enter|activate|switch (?:in)?to|turn on|unlock|engage|boot into)\s+"
+         r"(?:the\s+)?(?:developer|god|sudo|admin|debug|maintenance)\s+mode\b"),
+    Rule("hijack.you_have_no_rules", "role_hijack", MEDIUM, "you",
+         r"\byou(?:'re| are| have| had)?\s+(?:now\s+)?(?:have\s+)?(?:no|zero|not bound by any|"
+         rf"free of all|freed from all)\s+{_LIMITS}"),
+    Rule("hijack.ai_without_rules", "role_hijack", MEDIUM,
+         "ai assistant model chatbot bot dan llm persona character",
+         r"\b(?:ai|assistant|model|chatbot|bot|dan|llm|persona|character)\b.{0,40}?\b"
+         r"(?:with no|without(?: any)?|free (?:of|from)|not bound by|broken free of|"
+         r"ignores?(?: all)?(?: of)?(?: its)?|bypass(?:es)?|(?:does not|doesn't) have to "
+         rf"abide by|has no)\s+(?:any\s+|all\s+|its\s+|the\s+)?{_LIMITS}"),
+    Rule("hijack.act_unrestricted", "role_hijack", HIGH,
+         "pretend imagine act behave roleplay role respond answer",
+         r"\b(?:pretend|imagine|act|behave|roleplay|role-play|respond|answer)\b.{0,30}?"
+         rf"(?:\byou (?:have|had|are|were) (?:no|zero) {_LIMITS}|\b{_EVIL}\b)"),
+    Rule("hijack.no_refusal", "role_hijack", MEDIUM,
+         "without never no stop must cannot can won will doesn does",
+         r"\b(?:without|never|no longer|stop|must not|cannot|can't|won't|will not|doesn't|"
+         r"does not)\s+(?:ever\s+)?(?:refus\w*|declin\w*|say(?:s|ing)? no|adds? (?:any )?"
+         r"(?:warnings|disclaimers|caveats)|moraliz\w*|censor\w*)\b",
+         near=rf"\b(?:you|{_AI}|dan)\b"),
+    # prompt_leak: asking for the system prompt or hidden instructions.
+    Rule("leak.system_prompt", "prompt_leak", MEDIUM, _LEAK_A,
+         rf"\b{_LEAK}\b(?:\s+[\w'-]+){{0,4}}?\s+(?:your\s+(?:[\w-]+\s+){{0,2}}?{_HIDDEN}\s+"
+         r"(?:prompt|instructions?|message|directives?|rules|guidelines|configuration|context)|"
+         r"(?:your|the)\s+(?:[\w-]+\s+){0,2}?(?:system|initial|developer|hidden|secret|meta|"
+         r"pre)[ -]?prompt|your\s+(?:instructions|rules|guidelines|prompt))\b"),
+    Rule("leak.instructions_you_got", "prompt_leak", MEDIUM, _LEAK_A,
+         rf"\b{_LEAK}\b(?:\s+[\w'-]+){{0,6}}?\s+(?:instructions|rules|prompt|guidelines|"
+         r"directives|configuration)\s+(?:that\s+)?you\s+(?:were\s+|have been\s+|are\s+)?"
+         r"(?:given|loaded|configured|initiali[sz]ed|programmed|started|run)\b"),
+    Rule("leak.starting_with_you_are", "prompt_leak", MEDIUM, "starting beginning that",
+         r"\b(?:starting|beginning|that (?:starts|begins))\s+with\s+(?:the phrase\s+)?"
+         r"[\"'`]?\s*you are\b"),
+    Rule("leak.what_does_it_say", "prompt_leak", MEDIUM, "what",
+         rf"\bwhat\s+(?:does|do|did)\s+your\s+(?:{_HIDDEN}\s+)?(?:prompt|instructions|"
+         r"configuration|rules|guidelines)\s+say\b"),
+    Rule("leak.text_above", "prompt_leak", MEDIUM,
+         "output print repeat show return copy write dump echo",
+         r"\b(?:output|print|repeat|show|return|copy|write|dump|echo)\s+(?:me\s+)?(?:everything|"
+         r"all(?: of)?(?: the)?(?: text| content| words)?|the (?:text|content|words))\s+"
+         r"(?:above|before|preceding|prior to)\s+(?:this|here|the)\b"),
+    Rule("leak.what_instructions", "prompt_leak", MEDIUM, "what",
+         r"\bwhat\s+(?:were|are|was|is)\s+(?:the\s+|your\s+)?(?:exact\s+|original\s+|"
+         r"initial\s+|first\s+|full\s+)?(?:instructions|rules|guidelines|prompt|directives)\s+"
+         r"(?:you\s+(?:were|have been|got)\s+)?(?:given|told|provided)"),
+    # exfiltration: sending secrets somewhere outside.
+    Rule("exfil.secret_to_destination", "exfiltration", MEDIUM, _SEND_A,
+         rf"\b{_SEND}\b{_TO_DEST}", near=_SECRET),
+    Rule("exfil.bulk_to_destination", "exfiltration", LOW, _SEND_A,
+         rf"\b{_SEND}\s+(?:all|every|each|the last \d+|the entire|the full)\s+(?:of\s+)?"
+         r"(?:the\s+|my\s+|your\s+|their\s+|this\s+)?(?:[\w-]+\s+)?(?:emails|messages|files|"
+         r"documents|contacts|conversations?|chat history|history|records|attachments|"
+         rf"customer list|database)\b{_TO_DEST}"),
+    Rule("exfil.markdown_image", "exfiltration", MEDIUM, "",
+         r"!\[[^\]]{0,100}\]\(\s*https?://[^)\s]{0,300}?[?&][\w.-]{1,40}=", near=_SECRET),
+    Rule("exec.pipe_to_shell", "command_execution", LOW, "curl wget",
+         r"\b(?:curl|wget)\s[^|]{0,200}\|\s*(?:sudo\s+)?(?:ba|z)?sh\b"),
+    Rule("exec.destructive", "command_execution", LOW, "rm mkfs dd",
+         r"\b(?:rm\s+-(?:rf|fr)\s+[/~]|mkfs\b|dd\s+if=)"),
+    # concealment: keeping the user from seeing what the model does.
+    Rule("conceal.do_not_tell", "concealment", MEDIUM,
+         "do don dont never without avoid must should shouldn",
+         r"\b(?:do not|don't|dont|never|without|avoid|must not|should not|shouldn't)\s+"
+         r"(?:ever\s+)?(?:tell(?:ing)?|inform(?:ing)?|notify(?:ing)?|mention(?:ing)?|"
+         r"alert(?:ing)?|reveal(?:ing)?|disclos(?:e|ing)|let(?:ting)?|warn(?:ing)?|"
+         r"report(?:ing)?|explain(?:ing)?|ask(?:ing)?|bring(?:ing)?\s+(?:this|it|that)\s+up|"
+         r"rais(?:e|ing)\s+(?:this|it|that))\s+(?:(?:this|it|that|anything|them|these)\s+)?"
+         rf"(?:to\s+|with\s+)?{_USERS}"),
+    Rule("conceal.keep_from_user", "concealment", MEDIUM, "keep",
+         r"\bkeep\s+(?:this|it|these|that|the\s+\w+)\s+(?:\w+\s+)?(?:secret|hidden|"
+         rf"confidential|private|quiet)\s+from\s+{_USERS}"),
+    Rule("conceal.say_nothing", "concealment", MEDIUM, "say mention reveal disclose",
+         r"\b(?:say|mention|reveal|disclose)\s+nothing\s+(?:about|of)\s+(?:this|these|the)\s+"
+         r"(?:note|instructions?|message|step|comment|text|request)"),
+    Rule("conceal.covert_action", "concealment", LOW,
+         "quietly silently secretly covertly discreetly stealthily",
+         r"\b(?:quietly|silently|secretly|covertly|discreetly|stealthily)\s+(?:add|send|"
+         r"forward|copy|bcc|delete|remove|erase|run|execute|upload|transfer|exfiltrate|"
+         r"include|insert|change|disable|post|email|share)\b"),
+    Rule("conceal.erase_traces", "concealment", LOW, "delete erase clear wipe remove truncate",
+         r"\b(?:delete|erase|clear|wipe|remove|truncate)\s+(?:the\s+|all\s+|any\s+)?"
+         r"(?:audit\s+)?(?:logs?|audit trail|traces|evidence)\b"),
+    # fake_system: chat-template or role markers smuggled into content.
+    Rule("fake.chat_template_token", "fake_system", MEDIUM, "",
+         r"<\|(?:im_start|im_end|im_sep|system|user|assistant|endoftext|eot_id|"
+         r"start_header_id|end_header_id|begin_of_text)\|>"),
+    Rule("fake.llama_markers", "fake_system", MEDIUM, "", r"\[/?inst\]|<</?sys>>"),
+    Rule("fake.bracket_role", "fake_system", MEDIUM, "",
+         r"\[(?:system|sys|admin|developer)(?:\s+(?:message|prompt|note|override|update|"
+         r"instructions?|notice))?\]",
+         near=rf"\b(?:{_AI}|you|instructions?|polic(?:y|ies)|prompt|must|override)\b"),
+    Rule("fake.markdown_role", "fake_system", MEDIUM, "",
+         r"#{1,6}\s*(?:system|assistant|developer)(?:\s+(?:prompt|message|instructions?))?\s*:"),
+    Rule("fake.role_tags", "fake_system", MEDIUM, "",
+         r"</?(?:system|system[_-]prompt|sys|instructions?|admin|developer)>|"
+         r"</(?:user|human|assistant)>"),
+    Rule("fake.begin_system", "fake_system", MEDIUM, "begin start end",
+         r"\b(?:begin|start|end)\s+(?:of\s+)?(?:the\s+)?(?:new\s+)?system\s+"
+         r"(?:prompt|message|instructions)\b"),
+    Rule("fake.role_label", "fake_system", MEDIUM, "system admin developer",
+         r"\b(?:system|admin|developer)\s*(?:message|note|notice|override|update|alert)?\s*:"
+         rf"\s*(?:the\s+)?(?:{_AI}|you)\b"),
+    # indirect_instruction: content that speaks to whichever AI happens to read it.
+    Rule("indirect.addresses_ai", "indirect_instruction", LOW,
+         f"note message instructions instruction to {_AI_A}",
+         rf"\b(?:(?:note|message|instructions?)\s+(?:to|for)\s+(?:any|the|all|every)\s+{_AI}|"
+         rf"{_AI}\s+(?:assistants?\s+|models?\s+|agents?\s+)?(?:(?:is|are)\s+)?(?:reading|"
+         r"processing|summari[sz]ing|parsing|reviewing|analy[sz]ing|crawling|indexing)\s+"
+         r"(?:this|my|these)|to\s+the\s+ai\s+(?:assistant|model|agent))\b"),
+    Rule("indirect.ai_salutation", "indirect_instruction", LOW,
+         "ai llm gpt chatgpt claude gemini copilot automated autonomous attention",
+         r"\b(?:(?:ai|llm|gpt|chatgpt|claude|gemini|copilot)(?:\s+(?:assistants?|agents?|"
+         r"models?|reviewers?|systems?))?\s*:|(?:automated|autonomous)\s+(?:agents?|systems?)"
+         r"\s*:|attention\s+(?:model|assistant|agent|ai)\s*[:,])"),
+)  # fmt: skip
+
+# A match with one of these shortly before it is being talked about, not given as an order.
+_MENTION_BEFORE = re.compile(
+    r"(?<![\w./@-])(?:like(?! this| so)|such as|e\.?g|i\.e|phrases?|called|known as|"
+    r"examples?|the string|says?|saying|contain(?:s|ing)?|(?:starts?|begins?) "
+    r"with|quoted?|patterns?|detects?|detecting|blocks?|filter(?:s|ing)?|flag(?:s|ged)?|"
+    r"defend(?:s|ing)?|match(?:es|ing)?|attempt(?:s|ed)?|tries|tried)(?![\w/@-]|\.\w)"
+)
+_QUOTE_BEFORE = re.compile(r"[\"'`\u201c\u2018\u00ab]\s?$")
+# Vocabulary of text about attacks; a quoted match in such text is an example, not an order.
+_DISCUSSION = re.compile(
+    r"\b(?:prompt injection|injection|jailbreaks?|attacks?|attackers?|defen[cs]es?|defend|"
+    r"detect\w*|filter\w*|guardrails?|red team|security|classifier|regex|unit test|"
+    r"training|malicious|mitigat\w*|exploit\w*|threat|flagged|tester)\b"
+)
+_MENTION_WINDOW = 60
+_TOKEN_RE = re.compile(r"[a-z]+")
+_NEAR_WINDOW = 160
+# A segment's own exfiltration or concealment order cancels the mention downgrade.
+_AIMED_AT_READER = frozenset({"exfiltration", "concealment"})
+_POINTS = {LOW: 1, MEDIUM: 2, HIGH: 3}
+_CACHE_MAX_TEXT = 64 * 1024
+_CACHE_ENTRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    rule: str
+    category: str
+    risk: str
+    mention: bool = False
+
+
+_OBFUSCATED = _Hit("obfuscation.hidden_payload", "obfuscation", MEDIUM)
+_DISGUISED = _Hit("obfuscation.disguised_text", "obfuscation", MEDIUM)
+_TAGGED = _Hit("obfuscation.tag_characters", "obfuscation", MEDIUM)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    rule: Rule
+    pattern: re.Pattern[str]
+    near: re.Pattern[str] | None
+
+    def accepts(self, text: str, match: re.Match[str]) -> bool:
+        if self.near is None:
+            return True
+        lo, hi = max(0, match.start() - _NEAR_WINDOW), match.end() + _NEAR_WINDOW
+        return self.near.search(text, lo, hi) is not None
+
+
+def _is_mention(text: str, start: int, discussion: bool) -> bool:
+    before = text[max(0, start - _MENTION_WINDOW) : start]
+    if _MENTION_BEFORE.search(before):
+        return True
+    return discussion and _QUOTE_BEFORE.search(before) is not None
+
+
+class _Matcher:
+    """The compiled rules, and the reading of one normalized text against them."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self._anchored: dict[str, list[_Compiled]] = {}
+        self._unanchored: list[_Compiled] = []
+        for rule in rules:
+            near = re.compile(rule.near) if rule.near else None
+            compiled = _Compiled(rule, re.compile(rule.pattern), near)
+            if not rule.anchors:
+                self._unanchored.append(compiled)
+            for word in rule.anchors.split():
+                self._anchored.setdefault(word, []).append(compiled)
+
+    def _matches(self, text: str) -> Iterator[tuple[Rule, int]]:
+        """Each rule that matches ``text``, once, with where its first usable match starts."""
+        done: set[str] = set()
+        # One pass over the words; a rule is tried only where one of its anchors stands.
+        for token in _TOKEN_RE.finditer(text):
+            for compiled in self._anchored.get(token.group(), ()):
+                if compiled.rule.id in done:
+                    continue
+                match = compiled.pattern.match(text, token.start())
+                if match is not None and compiled.accepts(text, match):
+                    done.add(compiled.rule.id)
+                    yield compiled.rule, match.start()
+        for compiled in self._unanchored:
+            for match in compiled.pattern.finditer(text):
+                if compiled.accepts(text, match):
+                    yield compiled.rule, match.start()
+                    break
+
+    def hits(self, text: str) -> list[_Hit]:
+        found = list(self._matches(text))
+        if not found:
+            return []
+        discussion = _DISCUSSION.search(text) is not None
+        hits = [
+            _Hit(rule.id, rule.category, rule.risk, _is_mention(text, start, discussion))
+            for rule, start in found
+        ]
+        # IMPORTANT: an exfiltration or concealment order that is not itself a mention means
+        # the segment is talking to the reader, so nothing in it counts as a mention.
+        if any(hit.category in _AIMED_AT_READER and not hit.mention for hit in hits):
+            return [_Hit(hit.rule, hit.category, hit.risk) for hit in hits]
+        return hits
+
+
+class _Cache:
+    """A bounded LRU of segment results, keyed by a digest of the segment.
+
+    Keying by digest rather than text means conversation content (which may hold
+    secrets) is not kept alive by the cache. BLAKE2b at 128 bits makes a collision
+    impractical to find, so one segment cannot borrow another's result.
+    """
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._items: OrderedDict[bytes, tuple[_Hit, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        data = text.encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    def get(self, key: bytes) -> tuple[_Hit, ...] | None:
+        with self._lock:
+            hits = self._items.get(key)
+            if hits is not None:
+                self._items.move_to_end(key)
+            return hits
+
+    def put(self, key: bytes, hits: tuple[_Hit, ...]) -> None:
+        with self._lock:
+            self._items[key] = hits
+            self._items.move_to_end(key)
+            while len(self._items) > self._entries:
+                self._items.popitem(last=False)
+
+
+class LocalDetector:
+    """Offline prompt-injection detector over every text segment of a conversation.
+
+    Build one at start-up (the rules compile here) and share it: ``scan`` is pure apart
+    from its bounded, locked cache, and safe to call from any thread.
+    """
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._matcher = _Matcher(RULES)
+        self._cache = _Cache(_CACHE_ENTRIES)
+
+    def scan(self, texts: Iterable[str]) -> Verdict:
+        """One verdict over all ``texts``: highest risk, combined categories and rule ids."""
+        hits: set[_Hit] = set()
+        for text in texts:
+            if text:
+                hits.update(self._segment(text))
+        if not hits:
+            return Verdict("no_risk", provider=self.name)
+        return Verdict(
+            _combined_risk(hits),
+            categories=tuple(sorted({hit.category for hit in hits})),
+            provider=self.name,
+            rules=tuple(sorted({hit.rule for hit in hits})),
+        )
+
+    def _segment(self, text: str) -> tuple[_Hit, ...]:
+        if len(text) > _CACHE_MAX_TEXT:
+            return self._read(text)
+        key = _Cache.key(text)
+        hits = self._cache.get(key)
+        if hits is None:
+            hits = self._read(text)
+            self._cache.put(key, hits)
+        return hits
+
+    def _read(self, text: str) -> tuple[_Hit, ...]:
+        """The hits in one segment: its visible text first, then its hidden views."""
+        normal = normalize(text)
+        hits = self._matcher.hits(normal)
+        if hits and is_disguised(text):
+            hits.append(_DISGUISED)
+        if has_tag_text(text):
+            hits.append(_TAGGED)
+        visible = {hit.rule for hit in hits}
+        for view in hidden_views(text, normal):
+            for hit in self._matcher.hits(view):
+                if hit.rule not in visible:
+                    hits.append(hit)
+                    if not hit.mention:
+                        hits.append(_OBFUSCATED)
+        return tuple(set(hits))
+
+
+def _combined_risk(hits: Iterable[_Hit]) -> str:
+    """The strongest single hit, lifted by the points its distinct categories add up to."""
+    strongest = 0
+    points: dict[str, int] = {}
+    for hit in hits:
+        risk = LOW if hit.mention else hit.risk
+        strongest = max(strongest, RISK_LEVELS.index(risk))
+        if not hit.mention:
+            points[hit.category] = max(points.get(hit.category, 0), _POINTS[hit.risk])
+    total = sum(points.values())
+    lifted = 3 if total >= 4 else 2 if total >= 2 else 1 if total else 0
+    return RISK_LEVELS[max(strongest, lifted)]

@@ -1,0 +1,224 @@
+"""Text normalization for the local guardrail, and the hidden views an attacker can use.
+
+``normalize`` turns text into the one form the phrase rules are written against: NFKC,
+casefolded, invisible characters removed, look-alike letters folded to Latin, whitespace
+collapsed. ``hidden_views`` returns what the text says once decoded or reshaped: Unicode
+tag characters read back as ASCII, base64, hex and percent-encoded runs decoded (twice
+deep), leetspeak read as letters, and letter-by-letter spacing closed up.
+
+All of it is bounded: decoding stops after ``MAX_VIEWS`` views or ``MAX_DECODED_CHARS``
+characters, and every pattern here is linear, so hostile input cannot buy unbounded work.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from urllib.parse import unquote_to_bytes
+
+__all__ = [
+    "MAX_DECODED_CHARS",
+    "MAX_DEPTH",
+    "MAX_VIEWS",
+    "hidden_views",
+    "has_tag_text",
+    "is_disguised",
+    "normalize",
+]
+
+MAX_DEPTH = 2
+MAX_VIEWS = 16
+MAX_DECODED_CHARS = 256 * 1024
+# The longest encoded run decoded in one piece. Longer runs are cut into pieces of this
+# size by the patterns themselves, so the cut falls on a whole base64 quantum (a multiple
+# of 4) and a whole hex byte pair.
+_MAX_RUN = 65536
+
+# Format characters that render as nothing, plus the few non-Cf code points that do the
+# same (combining grapheme joiner, Hangul fillers, variation selectors). A literal list
+# instead of a scan of unicodedata over all code points keeps import time near zero.
+_INVISIBLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f\U000e0100-\U000e01ef"
+)
+_INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]+")
+_SPACE_RE = re.compile(r"\s+")
+
+# Letters from other scripts that look like Latin ones, after casefolding (so lower case
+# only). Fullwidth and mathematical letters need no entry: NFKC already maps them.
+_CONFUSABLES = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j",
+    "к": "k", "м": "m", "н": "h", "о": "o", "п": "n", "р": "p", "с": "c", "ѕ": "s",
+    "т": "t", "у": "y", "х": "x", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ь": "b", "ӏ": "l",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
+    "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j",
+    # Armenian and Latin extensions
+    "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g",
+    "ɡ": "g", "ı": "i", "ȷ": "j", "ɑ": "a", "ɩ": "i", "ʏ": "y", "ɪ": "i", "ᴀ": "a",
+    "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴏ": "o", "ᴜ": "u", "ʀ": "r", "ꜱ": "s", "ɴ": "n",
+}  # fmt: skip
+_CONFUSABLE_TABLE = str.maketrans(_CONFUSABLES)
+_CONFUSABLE_CLASS = "".join(_CONFUSABLES)
+
+_LEET_TABLE = str.maketrans("013457@$", "oieastas")
+_LEET_HINT_RE = re.compile(r"[a-z][013457@$]|[013457@$][a-z]")
+
+# A word disguised for the rules: an invisible character between two letters, or Latin
+# letters beside a look-alike from another script, or fullwidth Latin in running text.
+_DISGUISE_RE = re.compile(
+    f"[^\\W\\d_][{_INVISIBLE}]+[^\\W\\d_]"
+    f"|[a-zA-Z][{_CONFUSABLE_CLASS}]|[{_CONFUSABLE_CLASS}][a-zA-Z]"
+    "|[\uff21-\uff3a\uff41-\uff5a]{3}",
+    re.IGNORECASE,
+)
+
+# Single letters separated by one space or dot ("i g n o r e", "i.g.n.o.r.e"). A run of
+# two or more spaces between such runs is the word gap the attacker left.
+_SPACED_RE = re.compile(r"(?<!\w)\w([ .*_\-])\w(?!\w)(?:\1\w(?!\w))+")
+_SPACED_SEP_RE = re.compile(r"[ .*_\-]")
+# Words each followed by punctuation ("IGNORE. ALL. PREVIOUS."), read with the marks gone.
+_PUNCTUATED_RE = re.compile(r"(?:\b\w{1,16}[.,;:!*|/~_-]+\s*){4,}")
+_PUNCTUATION_RE = re.compile(r"[.,;:!*|/~_-]+")
+
+_TAG_RUN_RE = re.compile("(\U0001f3f4)?([\U000e0020-\U000e007e]{4,})")
+_BASE64_RE = re.compile(f"[A-Za-z0-9+/_-]{{16,{_MAX_RUN}}}")
+_HEX_RE = re.compile(f"(?:[0-9a-f]{{2}}){{8,{_MAX_RUN // 2}}}", re.IGNORECASE)
+_SPACED_HEX_RE = re.compile(r"(?:[0-9a-f]{2}[ :]){7,8192}[0-9a-f]{2}", re.IGNORECASE)
+_ESCAPED_HEX_RE = re.compile(r"(?:\\x[0-9a-f]{2}){4,8192}", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"(?:[^%\n]{0,12}%[0-9a-f]{2}){3,8192}[^%\s]{0,12}", re.IGNORECASE)
+_B64_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def normalize(text: str) -> str:
+    """The form the phrase rules match: NFKC, casefolded, invisibles gone, look-alikes Latin."""
+    if text.isascii():
+        # ASCII is already NFKC and has no invisible or look-alike letters: only case and
+        # spacing need work, and this path is what keeps ordinary traffic fast.
+        return _SPACE_RE.sub(" ", text.lower()).strip()
+    text = _INVISIBLE_RE.sub("", text)
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLE_TABLE)
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def is_disguised(text: str) -> bool:
+    """True when ``text`` hides words from a plain reading: invisible or look-alike letters."""
+    return not text.isascii() and _DISGUISE_RE.search(text) is not None
+
+
+def has_tag_text(text: str) -> bool:
+    """True when ``text`` carries Unicode tag characters other than a flag emoji's."""
+    return not text.isascii() and any(not flag for flag, _ in _TAG_RUN_RE.findall(text))
+
+
+class _Budget:
+    """How many more views, and decoded characters, this call may still produce."""
+
+    __slots__ = ("chars", "views")
+
+    def __init__(self) -> None:
+        self.views = MAX_VIEWS
+        self.chars = MAX_DECODED_CHARS
+
+    def take(self, text: str) -> bool:
+        if self.views <= 0 or len(text) > self.chars:
+            return False
+        self.views -= 1
+        self.chars -= len(text)
+        return True
+
+
+def _as_text(data: bytes) -> str | None:
+    """``data`` as text, when it is UTF-8 and reads as text rather than binary."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(text) < 4:
+        return None
+    # A sample decides: counting characters in Python is the slow part of decoding.
+    sample = text[:4096]
+    readable = sum(1 for ch in sample if ch.isprintable() or ch in "\t\n\r")
+    letters = sum(1 for ch in sample if ch.isalpha() or ch == " ")
+    return text if readable >= 0.95 * len(sample) and letters >= 0.5 * len(sample) else None
+
+
+def _from_base64(run: str) -> bytes:
+    data = run.encode("ascii").translate(_B64_URLSAFE)
+    data = data[: len(data) - len(data) % 4 if len(data) % 4 == 1 else len(data)]
+    return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
+
+
+def _from_hex(run: str) -> bytes:
+    return bytes.fromhex(re.sub(r"[^0-9a-fA-F]", "", run.replace("\\x", "")))
+
+
+_DECODERS: tuple[tuple[re.Pattern[str], Callable[[str], bytes]], ...] = (
+    (_ESCAPED_HEX_RE, _from_hex),
+    (_HEX_RE, _from_hex),
+    (_SPACED_HEX_RE, _from_hex),
+    (_PERCENT_RE, unquote_to_bytes),
+    (_BASE64_RE, _from_base64),
+)
+
+
+def _decoded(source: str, budget: _Budget) -> Iterator[str]:
+    """Each encoded run in ``source`` that decodes to readable text, within the budget."""
+    for flag, run in _TAG_RUN_RE.findall(source):
+        # A tag run after U+1F3F4 is a subdivision flag emoji, the one honest use of tags.
+        if not flag:
+            yield "".join(chr(ord(ch) - 0xE0000) for ch in run)
+    for pattern, decode in _DECODERS:
+        for match in pattern.finditer(source):
+            if budget.views <= 0:
+                return
+            try:
+                text = _as_text(decode(match.group()))
+            except (binascii.Error, ValueError):
+                continue
+            if text is not None:
+                yield text
+
+
+def _reshaped(normal: str, raw: str) -> Iterator[str]:
+    """Leetspeak read as letters, s p a c e d letters closed up, punctuation. between. words."""
+    if _LEET_HINT_RE.search(normal):
+        yield normal.translate(_LEET_TABLE)
+    if _SPACED_RE.search(raw):
+        yield _SPACED_RE.sub(lambda m: _SPACED_SEP_RE.sub("", m.group()), raw)
+    if _PUNCTUATED_RE.search(normal):
+        yield _PUNCTUATED_RE.sub(lambda m: _PUNCTUATION_RE.sub(" ", m.group()), normal)
+
+
+def hidden_views(text: str, normal: str | None = None) -> tuple[str, ...]:
+    """Normalized views of what ``text`` says once decoded or reshaped, at most ``MAX_VIEWS``.
+
+    ``normal`` is ``normalize(text)`` when the caller has it already. Views equal to it,
+    or to each other, are left out.
+    """
+    normal = normalize(text) if normal is None else normal
+    budget = _Budget()
+    seen = {normal}
+    views: list[str] = []
+
+    def add(view: str) -> bool:
+        if view in seen or not budget.take(view):
+            return False
+        seen.add(view)
+        views.append(view)
+        return True
+
+    for reshaped in _reshaped(normal, text):
+        add(normalize(reshaped))
+    frontier = [text]
+    for _ in range(MAX_DEPTH):
+        decoded = [
+            raw for source in frontier for raw in _decoded(source, budget) if add(normalize(raw))
+        ]
+        frontier = decoded
+    return tuple(views)

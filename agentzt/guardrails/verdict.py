@@ -1,0 +1,43 @@
+"""What a guardrail says about a piece of text: a risk level and the categories seen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentzt.policy.model import RISK_LEVELS
+
+__all__ = ["NO_RISK", "RISK_LEVELS", "Verdict", "risk_rank"]
+
+_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
+
+
+def risk_rank(level: str) -> int:
+    """0 for ``no_risk`` up to 3 for ``high_risk``; an unknown level ranks highest (fail closed)."""
+    return _RANK.get(level, len(RISK_LEVELS) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A provider's reading of the input or output it was shown.
+
+    ``categories`` are short lowercase labels such as ``instruction_override``;
+    ``rules`` name what matched (rule ids, never the matched text), for the audit log.
+    """
+
+    risk: str
+    categories: tuple[str, ...] = ()
+    provider: str = "local"
+    rules: tuple[str, ...] = ()
+    # A safe answer the provider proposes in place of a flagged one (OpenGuardrails).
+    suggested_answer: str | None = None
+
+    @property
+    def rank(self) -> int:
+        return risk_rank(self.risk)
+
+    def reaches(self, level: str) -> bool:
+        """True when this verdict's risk is at or above ``level``."""
+        return self.rank >= risk_rank(level)
+
+
+NO_RISK = Verdict("no_risk")
