@@ -301,6 +301,10 @@ def test_demo_runs_every_step_and_touches_no_operator_state(tmp_path: Path) -> N
         "db.query",
         "403 permission_error",
         "400 invalid_request_error",
+        "403 guardrail_blocked",
+        "[REDACTED:anthropic-key]",
+        "elevation.grant",
+        "via jit",
         "audit chain verified",
         "all steps as expected",
     ):

@@ -7,6 +7,10 @@ age grants past their expiry without sleeping.
 from __future__ import annotations
 
 import calendar
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -510,3 +514,93 @@ def test_proxy_elevate_refusals(proxied: str, value: str, status: int) -> None:
     )
     assert resp.status_code == status, resp.text
     assert resp.json()["type"] == "error"
+
+
+# --- agentzt elevate ----------------------------------------------------------------------
+
+
+def run_cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    base = ["--config", str(env.paths.config_dir), "--home", str(env.paths.home)]
+    return subprocess.run(
+        [sys.executable, "-m", "agentzt", *base, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")},
+    )
+
+
+def test_cli_elevate_prints_a_grant_that_works(env: Env) -> None:
+    env.clock.now = time.time()  # the CLI signs its assertion with the real clock
+    result = run_cli(
+        env,
+        "elevate",
+        "--agent",
+        "agent-1",
+        "--tool",
+        "email.send",
+        "--reason",
+        "weekly report",
+        "--ttl",
+        "60",
+        "--gateway",
+        env.url,
+    )
+    assert result.returncode == 0, result.stderr
+    grant = result.stdout.strip()
+    assert grant.count(".") == 2 and "\n" not in grant
+    assert "email.send" in result.stderr
+    assert env.send_email(env.token("agent-1"), grant).status_code == 200
+
+
+def test_cli_elevate_json(env: Env) -> None:
+    env.clock.now = time.time()
+    result = run_cli(
+        env, "elevate", "--agent", "agent-1", "--tool", "email.send", "--reason", "r",
+        "--json", "--gateway", env.url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["resource"] == {"kind": "tool", "name": "email.send"}
+    assert answer["expires_in"] == 300
+
+
+def test_cli_elevate_refusal_is_one_line_exit_1(env: Env) -> None:
+    env.clock.now = time.time()
+    result = run_cli(
+        env, "elevate", "--agent", "agent-1", "--tool", "kb.search", "--reason", "r",
+        "--gateway", env.url,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agentzt: error: ")
+    assert "403" in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--agent", "agent-1", "--reason", "r"],
+        ["--agent", "agent-1", "--tool", "email.send", "--model", "m", "--reason", "r"],
+        ["--agent", "agent-1", "--tool", "Email Send", "--reason", "r"],
+        ["--agent", "agent-1", "--tool", "email.send", "--reason", "  "],
+        ["--agent", "agent-1", "--tool", "email.send", "--reason", "r", "--ttl", "0"],
+        ["--agent", "../etc", "--tool", "email.send", "--reason", "r"],
+        ["--agent", "agent-1", "--tool", "email.send", "--reason", "r", "--gateway", "ftp://x"],
+    ],
+    ids=[
+        "no-resource",
+        "two-resources",
+        "bad-name",
+        "blank-reason",
+        "zero-ttl",
+        "bad-agent",
+        "bad-url",
+    ],
+)
+def test_cli_elevate_bad_arguments_exit_2(env: Env, args: list[str]) -> None:
+    result = run_cli(env, "elevate", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
