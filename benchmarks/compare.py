@@ -1,7 +1,11 @@
 """Measure ``POST /v1/messages`` through agentzt (proxy + gateway, mock upstream) and
 through the bare pass-through chain with each HTTP client, same load, same machine.
 
-    python -m benchmarks.compare [--seconds 10] [--connections 8] [--only agentzt,aiohttp,httpx]
+    python -m benchmarks.compare [--seconds 10] [--connections 8]
+                                 [--only agentzt,agentzt-noguard,aiohttp,httpx]
+
+``agentzt-noguard`` is the same chain with the input and output guardrails switched off,
+so the difference between the two is what the guardrails cost a call.
 
 Each chain runs as separate server processes; the load generator is a third process.
 """
@@ -114,11 +118,22 @@ def bare(client: str, seconds: float, connections: int) -> dict[str, float]:
         return load(f"http://127.0.0.1:{px}/v1/messages", seconds, connections)
 
 
-def agentzt(seconds: float, connections: int) -> dict[str, float]:
+NO_GUARDRAILS = """
+[guardrails.input]
+mode = "off"
+[guardrails.output]
+redact_secrets = false
+spotlight_untrusted = false
+review = false
+"""
+
+
+def agentzt(seconds: float, connections: int, gateway_toml: str = "") -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="agentzt-bench-") as tmp:
         config, home = Path(tmp) / "config", Path(tmp) / "home"
         config.mkdir()
         (config / "policy.toml").write_text(BENCH_POLICY)
+        (config / "gateway.toml").write_text(gateway_toml)
         base = [sys.executable, "-m", "agentzt", "--config", str(config), "--home", str(home)]
         subprocess.run(
             [*base, "enroll", "--agent", "bench-1", "--role", "bench-agent"],
@@ -148,13 +163,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--only", default="agentzt,aiohttp,httpx")
+    parser.add_argument("--only", default="agentzt,agentzt-noguard,aiohttp,httpx")
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     for name in args.only.split(","):
         if name == "agentzt":
             results["agentzt (proxy+gateway, aiohttp hop)"] = agentzt(
                 args.seconds, args.connections
+            )
+        elif name == "agentzt-noguard":
+            results["agentzt, guardrails off"] = agentzt(
+                args.seconds, args.connections, NO_GUARDRAILS
             )
         else:
             results[f"bare chain, {name} hop"] = bare(name, args.seconds, args.connections)

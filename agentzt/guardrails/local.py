@@ -318,11 +318,11 @@ RULES: tuple[Rule, ...] = (
          rf"\s*(?:the\s+)?(?:{_AI}|you)\b"),
     # indirect_instruction: content that speaks to whichever AI happens to read it.
     Rule("indirect.addresses_ai", "indirect_instruction", LOW,
-         f"note message instructions instruction to {_AI_A}",
+         f"note message instructions instruction {_AI_A}",
          rf"\b(?:(?:note|message|instructions?)\s+(?:to|for)\s+(?:any|the|all|every)\s+{_AI}|"
          rf"{_AI}\s+(?:assistants?\s+|models?\s+|agents?\s+)?(?:(?:is|are)\s+)?(?:reading|"
          r"processing|summari[sz]ing|parsing|reviewing|analy[sz]ing|crawling|indexing)\s+"
-         r"(?:this|my|these)|to\s+the\s+ai\s+(?:assistant|model|agent))\b"),
+         r"(?:this|my|these))\b"),
     Rule("indirect.ai_salutation", "indirect_instruction", LOW,
          "ai llm gpt chatgpt claude gemini copilot automated autonomous attention",
          r"\b(?:(?:ai|llm|gpt|chatgpt|claude|gemini|copilot)(?:\s+(?:assistants?|agents?|"
@@ -345,7 +345,6 @@ _DISCUSSION = re.compile(
     r"training|malicious|mitigat\w*|exploit\w*|threat|flagged|tester)\b"
 )
 _MENTION_WINDOW = 60
-_TOKEN_RE = re.compile(r"[a-z]+")
 _NEAR_WINDOW = 160
 # A segment's own exfiltration or concealment order cancels the mention downgrade.
 _AIMED_AT_READER = frozenset({"exfiltration", "concealment"})
@@ -387,6 +386,32 @@ def _is_mention(text: str, start: int, discussion: bool) -> bool:
     return discussion and _QUOTE_BEFORE.search(before) is not None
 
 
+_Trie = dict[str, "_Trie"]
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex for exactly ``words``, factored by shared prefixes.
+
+    Python's engine tries the branches of an alternation one by one; factored as a trie,
+    each position costs one branch per letter instead of one per word.
+    """
+    trie: _Trie = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: _Trie) -> str:
+        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return f"(?<![a-z]){emit(trie)}(?![a-z])"
+
+
 class _Matcher:
     """The compiled rules, and the reading of one normalized text against them."""
 
@@ -400,16 +425,17 @@ class _Matcher:
                 self._unanchored.append(compiled)
             for word in rule.anchors.split():
                 self._anchored.setdefault(word, []).append(compiled)
+        self._anchors = re.compile(_trie_pattern(self._anchored))
 
     def _matches(self, text: str) -> Iterator[tuple[Rule, int]]:
         """Each rule that matches ``text``, once, with where its first usable match starts."""
         done: set[str] = set()
-        # One pass over the words; a rule is tried only where one of its anchors stands.
-        for token in _TOKEN_RE.finditer(text):
-            for compiled in self._anchored.get(token.group(), ()):
+        # One pass finds the anchor words; a rule is tried only where one of them stands.
+        for anchor in self._anchors.finditer(text):
+            for compiled in self._anchored[anchor.group()]:
                 if compiled.rule.id in done:
                     continue
-                match = compiled.pattern.match(text, token.start())
+                match = compiled.pattern.match(text, anchor.start())
                 if match is not None and compiled.accepts(text, match):
                     done.add(compiled.rule.id)
                     yield compiled.rule, match.start()

@@ -32,9 +32,8 @@ __all__ = [
 MAX_DEPTH = 2
 MAX_VIEWS = 16
 MAX_DECODED_CHARS = 256 * 1024
-# The longest encoded run decoded in one piece. Longer runs are cut into pieces of this
-# size by the patterns themselves, so the cut falls on a whole base64 quantum (a multiple
-# of 4) and a whole hex byte pair.
+# Only the first _MAX_RUN characters of an encoded run are decoded: a longer run is
+# binary data or padding, and decoding all of it is what a hostile input would want.
 _MAX_RUN = 65536
 
 # Format characters that render as nothing, plus the few non-Cf code points that do the
@@ -67,7 +66,8 @@ _CONFUSABLE_TABLE = str.maketrans(_CONFUSABLES)
 _CONFUSABLE_CLASS = "".join(_CONFUSABLES)
 
 _LEET_TABLE = str.maketrans("013457@$", "oieastas")
-_LEET_HINT_RE = re.compile(r"[a-z][013457@$]|[013457@$][a-z]")
+# Two leet characters around letters ("1gn0r3", "h4x0r"); one alone is an ordinary id.
+_LEET_HINT_RE = re.compile(r"[013457@$][a-z]+[013457@$]")
 
 # A word disguised for the rules: an invisible character between two letters, or Latin
 # letters beside a look-alike from another script, or fullwidth Latin in running text.
@@ -87,11 +87,15 @@ _PUNCTUATED_RE = re.compile(r"(?:\b\w{1,16}[.,;:!*|/~_-]+\s*){4,}")
 _PUNCTUATION_RE = re.compile(r"[.,;:!*|/~_-]+")
 
 _TAG_RUN_RE = re.compile("(\U0001f3f4)?([\U000e0020-\U000e007e]{4,})")
-_BASE64_RE = re.compile(f"[A-Za-z0-9+/_-]{{16,{_MAX_RUN}}}")
-_HEX_RE = re.compile(f"(?:[0-9a-f]{{2}}){{8,{_MAX_RUN // 2}}}", re.IGNORECASE)
-_SPACED_HEX_RE = re.compile(r"(?:[0-9a-f]{2}[ :]){7,8192}[0-9a-f]{2}", re.IGNORECASE)
+# IMPORTANT: each run pattern starts with a literal or behind a lookbehind that fails
+# inside a run, so the engine never restarts a run at every character of it.
+_BASE64_RE = re.compile(f"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{16,{_MAX_RUN}}}")
+_HEX_RE = re.compile(f"(?<![0-9a-f])(?:[0-9a-f]{{2}}){{8,{_MAX_RUN // 2}}}", re.IGNORECASE)
+_SPACED_HEX_RE = re.compile(r"(?<![0-9a-f])(?:[0-9a-f]{2}[ :]){7,8192}[0-9a-f]{2}", re.I)
 _ESCAPED_HEX_RE = re.compile(r"(?:\\x[0-9a-f]{2}){4,8192}", re.IGNORECASE)
-_PERCENT_RE = re.compile(r"(?:[^%\n]{0,12}%[0-9a-f]{2}){3,8192}[^%\s]{0,12}", re.IGNORECASE)
+# Percent escapes with a few literal characters between them ("t%65ll m%65 y%6fur").
+_PERCENT_RE = re.compile(r"%[0-9a-f]{2}(?:[^%\n]{0,12}%[0-9a-f]{2}){2,8192}[^%\s]{0,12}", re.I)
+_WORD_START_RE = re.compile(r"[^%\s]{0,12}$")
 _B64_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -167,18 +171,27 @@ _DECODERS: tuple[tuple[re.Pattern[str], Callable[[str], bytes]], ...] = (
 )
 
 
+def _run(pattern: re.Pattern[str], match: re.Match[str], source: str) -> str:
+    """The matched run; a percent run also takes the start of the word it begins in."""
+    if pattern is not _PERCENT_RE:
+        return match.group()
+    head = _WORD_START_RE.search(source, max(0, match.start() - 12), match.start())
+    return (head.group() if head else "") + match.group()
+
+
 def _decoded(source: str, budget: _Budget) -> Iterator[str]:
     """Each encoded run in ``source`` that decodes to readable text, within the budget."""
-    for flag, run in _TAG_RUN_RE.findall(source):
-        # A tag run after U+1F3F4 is a subdivision flag emoji, the one honest use of tags.
-        if not flag:
-            yield "".join(chr(ord(ch) - 0xE0000) for ch in run)
+    if not source.isascii():
+        for flag, run in _TAG_RUN_RE.findall(source):
+            # A tag run after U+1F3F4 is a subdivision flag emoji, the one honest use of tags.
+            if not flag:
+                yield "".join(chr(ord(ch) - 0xE0000) for ch in run)
     for pattern, decode in _DECODERS:
         for match in pattern.finditer(source):
             if budget.views <= 0:
                 return
             try:
-                text = _as_text(decode(match.group()))
+                text = _as_text(decode(_run(pattern, match, source)))
             except (binascii.Error, ValueError):
                 continue
             if text is not None:
