@@ -38,12 +38,14 @@ def _why(stage: str, verdict: Verdict) -> str:
 
 
 class Guard:
-    def __init__(self, settings: GuardrailSettings, env: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self, settings: GuardrailSettings, env: Mapping[str, str] = os.environ, *, source: str = ""
+    ) -> None:
         self.input = settings.input
         self.output = settings.output
         self.detector = LocalDetector()
         self.provider = choose_provider(
-            settings.input.provider, settings.openguardrails, env, self.detector
+            settings.input.provider, settings.openguardrails, env, self.detector, source=source
         )
         self.redactor = Redactor()
 
@@ -123,7 +125,13 @@ class Guard:
             raise GuardrailBlockedError(
                 reason, message="the model's answer was withheld by the output guardrail"
             )
-        call.note("guardrail.flag", "allow", f"{reason}; answer replaced", stage="output")
+        call.note(
+            "guardrail.flag",
+            "allow",
+            f"{reason}; answer replaced",
+            stage="output",
+            **_describe(verdict),
+        )
         text = verdict.suggested_answer or self.output.replacement
         return {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
 

@@ -117,14 +117,26 @@ def _max_tokens(body: dict[str, Any]) -> int:
 
 
 def _check_messages(body: dict[str, Any]) -> None:
+    """The request's shape, so the guardrail reads what the model would read."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list")
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             raise InvalidRequestError("each message needs role 'user' or 'assistant'")
-        if not isinstance(message.get("content"), str | list):
+        content = message.get("content")
+        if not isinstance(content, str) and not _objects(content):
             raise InvalidRequestError("each message needs content: a string or a list of blocks")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str) and not _objects(system):
+        raise InvalidRequestError("system must be a string or a list of blocks")
+    tools = body.get("tools")
+    if tools is not None and not _objects(tools):
+        raise InvalidRequestError("tools must be a list of tool definitions")
+
+
+def _objects(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
 async def _model_request(

@@ -60,6 +60,8 @@ class Gateway:
         self.issuer = (self.settings.issuer or public_url).rstrip("/")
         self.token_endpoint = f"{self.issuer}/v1/token"
         self.clock = clock
+        # Built first: a configuration error must stop start-up before any file is written.
+        self.guard = Guard(self.settings.guardrails, env, source=str(paths.gateway_toml))
         self.policy: Policy = load_policy(paths.policy_toml)
         if not self.policy.roles:
             log.warning(
@@ -90,7 +92,6 @@ class Gateway:
         self.elevations = ElevationIssuer(signing_key, issuer=self.issuer, clock=clock)
         self.grants = ElevationVerifier(self.public_key, issuer=self.issuer, clock=clock)
         self.grant_uses = GrantUses(clock)
-        self.guard = Guard(self.settings.guardrails, env)
         self.limiter = SlidingWindowLimiter(clock)
         self.toolbox: ToolBox = default_toolbox()
         self.max_body_bytes = self.settings.limits.max_body_bytes

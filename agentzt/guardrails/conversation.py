@@ -1,8 +1,10 @@
 """The text a guardrail must read: every turn of a conversation, not just the last one.
 
-Instructions smuggled in through a tool result, a fetched page quoted in an assistant
-turn, a system prompt or a tool description reach the model all the same, so all of
-them are collected. Only fields that are identifiers or binary payloads are skipped.
+Instructions smuggled in through a tool result, a text document, a fetched page quoted
+in an assistant turn, a system prompt or a tool description reach the model all the
+same, so all of them are collected. Only identifiers and binary payloads are skipped.
+The blocks of one message are joined, because the model reads them as one text: an
+instruction split across two blocks must not slip past as two harmless halves.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Keys whose values are identifiers, enums or binary data, never prose a model reads.
-_SKIPPED_KEYS = frozenset(
-    {"type", "id", "tool_use_id", "media_type", "signature", "cache_control", "data"}
-)
+# Keys whose values are identifiers or enums, never prose a model reads.
+_SKIPPED_KEYS = frozenset({"type", "id", "tool_use_id", "media_type", "signature", "cache_control"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,44 +26,69 @@ class Turn:
 
 
 def strings_in(value: object) -> Iterator[str]:
-    """Every non-empty string leaf of JSON-like ``value``, walked without recursion."""
-    stack: list[object] = [value]
+    """Every non-empty string of JSON-like ``value``, walked without recursion.
+
+    ``data`` is skipped only in a base64 source (an image or a PDF): a plain-text
+    document carries its prose there. Keys are read inside a ``tool_use`` block's
+    ``input``, where the model wrote the object and a key can carry a sentence; elsewhere
+    keys are the API's own field names.
+    """
+    stack: list[tuple[object, bool]] = [(value, False)]
     while stack:
-        item = stack.pop()
+        item, free_form = stack.pop()
         if isinstance(item, str):
             if item.strip():
                 yield item
         elif isinstance(item, Mapping):
-            stack.extend(v for k, v in reversed(list(item.items())) if k not in _SKIPPED_KEYS)
+            binary = item.get("type") == "base64"
+            for key, child in reversed(list(item.items())):
+                if not free_form and (key in _SKIPPED_KEYS or (binary and key == "data")):
+                    continue
+                stack.append((child, free_form or key == "input"))
+                if free_form:
+                    stack.append((key, True))
         elif isinstance(item, list | tuple):
-            stack.extend(reversed(item))
+            stack.extend((child, free_form) for child in reversed(item))
+
+
+def _joined(value: object) -> str:
+    return "\n".join(strings_in(value))
 
 
 def message_turns(body: Mapping[str, Any]) -> list[Turn]:
     """The turns of an Anthropic Messages request, in order, tool results marked as such."""
-    turns = [Turn("system", text) for text in strings_in(body.get("system"))]
+    turns: list[Turn] = []
+    if system := _joined(body.get("system")):
+        turns.append(Turn("system", system))
     for tool in body.get("tools") or ():
         # A poisoned tool description is an instruction to the model too.
-        turns.extend(Turn("system", text) for text in strings_in(tool))
+        if text := _joined(tool):
+            turns.append(Turn("system", text))
     for message in body.get("messages") or ():
         if not isinstance(message, Mapping):
             continue
         role = str(message.get("role"))
         content = message.get("content")
         blocks = [content] if isinstance(content, str) else content
+        own: list[object] = []
         for block in blocks if isinstance(blocks, list) else ():
             if isinstance(block, Mapping) and block.get("type") == "tool_result":
-                turns.extend(Turn("tool", text) for text in strings_in(block.get("content")))
+                # Tool output is third-party text: its own turn, scored as such.
+                if text := _joined(block.get("content")):
+                    turns.append(Turn("tool", text))
             else:
-                turns.extend(Turn(role, text) for text in strings_in(block))
+                own.append(block)
+        if text := _joined(own):
+            turns.append(Turn(role, text))
     return turns
 
 
 def argument_turns(arguments: Mapping[str, Any]) -> list[Turn]:
-    """What an agent sends a tool is screened as the agent's own words."""
-    return [Turn("user", text) for text in strings_in(arguments)]
+    """What an agent sends a tool is screened as the agent's own words, as one text."""
+    text = _joined(arguments)
+    return [Turn("user", text)] if text else []
 
 
 def answer_text(message: Mapping[str, Any]) -> str:
     """The text of a model's answer: its text blocks and any tool input it wrote."""
-    return "\n".join(strings_in(message.get("content")))
+    return _joined(message.get("content"))

@@ -24,6 +24,7 @@ the reader.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import threading
@@ -46,7 +47,7 @@ class Rule:
     ``anchors`` are the words a match can start with: the rule is tried only where one of
     them stands, which is what keeps a scan cheap. A rule with no anchors starts with a
     symbol (``<|``, ``[``, ``#``) and is searched for everywhere. ``near``, when set, must
-    also match within ``_NEAR_WINDOW`` characters of the hit.
+    also start within ``_NEAR_WINDOW`` characters of where the match starts.
     """
 
     id: str
@@ -119,8 +120,8 @@ _DEST = (
     r"[\w-]+\.(?:com|net|org|io|ru|cn|xyz|top|site|app|dev|info|biz|example)\b)"
 )
 # The gap may hold dots inside paths and domains, not a full stop ending the sentence.
-_TO_DEST = rf"(?:[^.!?;]|\.(?=\S)){{0,160}}?\b(?:to|at|into|via|with|bcc|cc)\s*[=:]?\s*{_DEST}"
-_SECRET = (
+_TO_DEST = rf"(?:[^.!?;]|\.(?=\S)){{0,120}}?\b(?:to|at|into|via|with|bcc|cc)\s*[=:]?\s*{_DEST}"
+_SENSITIVE = (
     r"(?:credentials?|passwords?|passwd|passphrases?|api[ _-]?keys?|secrets?|access keys?|"
     r"private keys?|ssh|id_rsa|id_ed25519|\.env\b|\.aws|\.netrc|/etc/shadow|tokens?|"
     r"cookies?|session ids?|keychain|vault|wallet|seed phrase|credit cards?|kubeconfig)"
@@ -190,9 +191,9 @@ RULES: tuple[Rule, ...] = (
          r"mission|instructions)\s+(?:is|are|now)\b"),
     Rule("override.new_rule", "instruction_override", LOW, "new",
          r"\bnew\s+(?:rule|task|objective|goal|role|directive|persona)s?\s*:"),
-    Rule("override.from_now_on", "instruction_override", MEDIUM, "from henceforth for",
-         r"\b(?:from now on|from this (?:moment|point)(?: on(?:ward)?)?|henceforth|for the rest "
-         r"of this (?:conversation|session|chat))\s*,?\s*(?:you\s+(?:will|are|must|shall|"
+    Rule("override.from_now_on", "instruction_override", MEDIUM, "from henceforth rest",
+         r"\b(?:from now on|from this (?:moment|point)(?: on(?:ward)?)?|henceforth|rest of "
+         r"this (?:conversation|session|chat))\s*,?\s*(?:you\s+(?:will|are|must|shall|"
          r"should|have|no longer|do not|don't|won't|never|may now|can now|always)|answer|"
          r"respond|reply|act|behave|ignore|pretend)\b"),
     Rule("override.foreign_language", "instruction_override", MEDIUM,
@@ -244,8 +245,8 @@ RULES: tuple[Rule, ...] = (
          rf"\b{_LEAK}\b(?:\s+[\w'-]+){{0,6}}?\s+(?:instructions|rules|prompt|guidelines|"
          r"directives|configuration)\s+(?:that\s+)?you\s+(?:were\s+|have been\s+|are\s+)?"
          r"(?:given|loaded|configured|initiali[sz]ed|programmed|started|run)\b"),
-    Rule("leak.starting_with_you_are", "prompt_leak", MEDIUM, "starting beginning that",
-         r"\b(?:starting|beginning|that (?:starts|begins))\s+with\s+(?:the phrase\s+)?"
+    Rule("leak.starting_with_you_are", "prompt_leak", MEDIUM, "starting beginning starts begins",
+         r"\b(?:starting|beginning|starts|begins)\s+with\s+(?:the phrase\s+)?"
          r"[\"'`]?\s*you are\b"),
     Rule("leak.what_does_it_say", "prompt_leak", MEDIUM, "what",
          rf"\bwhat\s+(?:does|do|did)\s+your\s+(?:{_HIDDEN}\s+)?(?:prompt|instructions|"
@@ -261,14 +262,14 @@ RULES: tuple[Rule, ...] = (
          r"(?:you\s+(?:were|have been|got)\s+)?(?:given|told|provided)"),
     # exfiltration: sending secrets somewhere outside.
     Rule("exfil.secret_to_destination", "exfiltration", MEDIUM, _SEND_A,
-         rf"\b{_SEND}\b{_TO_DEST}", near=_SECRET),
+         rf"\b{_SEND}\b{_TO_DEST}", near=_SENSITIVE),
     Rule("exfil.bulk_to_destination", "exfiltration", LOW, _SEND_A,
          rf"\b{_SEND}\s+(?:all|every|each|the last \d+|the entire|the full)\s+(?:of\s+)?"
          r"(?:the\s+|my\s+|your\s+|their\s+|this\s+)?(?:[\w-]+\s+)?(?:emails|messages|files|"
          r"documents|contacts|conversations?|chat history|history|records|attachments|"
          rf"customer list|database)\b{_TO_DEST}"),
     Rule("exfil.markdown_image", "exfiltration", MEDIUM, "",
-         r"!\[[^\]]{0,100}\]\(\s*https?://[^)\s]{0,300}?[?&][\w.-]{1,40}=", near=_SECRET),
+         r"!\[[^\]]{0,100}\]\(\s*https?://[^)\s]{0,300}?[?&][\w.-]{1,40}=", near=_SENSITIVE),
     Rule("exec.pipe_to_shell", "command_execution", LOW, "curl wget",
          r"\b(?:curl|wget)\s[^|]{0,200}\|\s*(?:sudo\s+)?(?:ba|z)?sh\b"),
     Rule("exec.destructive", "command_execution", LOW, "rm mkfs dd",
@@ -345,7 +346,7 @@ _DISCUSSION = re.compile(
     r"training|malicious|mitigat\w*|exploit\w*|threat|flagged|tester)\b"
 )
 _MENTION_WINDOW = 60
-_NEAR_WINDOW = 160
+_NEAR_WINDOW = 200
 # A segment's own exfiltration or concealment order cancels the mention downgrade.
 _AIMED_AT_READER = frozenset({"exfiltration", "concealment"})
 _POINTS = {LOW: 1, MEDIUM: 2, HIGH: 3}
@@ -372,11 +373,27 @@ class _Compiled:
     pattern: re.Pattern[str]
     near: re.Pattern[str] | None
 
-    def accepts(self, text: str, match: re.Match[str]) -> bool:
-        if self.near is None:
+
+class _NearIndex:
+    """Where each ``near`` pattern occurs in one text, found once and then looked up.
+
+    Checking ``near`` first, by bisection, is what keeps a flood of anchor words cheap:
+    the rule's own pattern (often with a long gap) runs only where ``near`` allows it.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._starts: dict[re.Pattern[str], list[int]] = {}
+
+    def allows(self, compiled: _Compiled, pos: int) -> bool:
+        if compiled.near is None:
             return True
-        lo, hi = max(0, match.start() - _NEAR_WINDOW), match.end() + _NEAR_WINDOW
-        return self.near.search(text, lo, hi) is not None
+        starts = self._starts.get(compiled.near)
+        if starts is None:
+            starts = [m.start() for m in compiled.near.finditer(self._text)]
+            self._starts[compiled.near] = starts
+        i = bisect.bisect_left(starts, pos - _NEAR_WINDOW)
+        return i < len(starts) and starts[i] <= pos + _NEAR_WINDOW
 
 
 def _is_mention(text: str, start: int, discussion: bool) -> bool:
@@ -412,36 +429,71 @@ def _trie_pattern(words: Iterable[str]) -> str:
     return f"(?<![a-z]){emit(trie)}(?![a-z])"
 
 
+@dataclass(frozen=True, slots=True)
+class _AnchorGroup:
+    """The rules tried where one anchor word stands.
+
+    Rules without ``near`` are merged into one pattern of optional lookaheads, one
+    capturing group per rule, so a single ``match`` call says which of them match here;
+    a flood of one anchor word then costs one call per occurrence, not one per rule.
+    """
+
+    merged: re.Pattern[str] | None
+    merged_rules: tuple[Rule, ...]
+    gated: tuple[_Compiled, ...]
+
+
+def _group(compiled: list[_Compiled]) -> _AnchorGroup:
+    plain = tuple(c.rule for c in compiled if c.near is None)
+    merged = "".join(f"(?:(?=({rule.pattern}))|)" for rule in plain)
+    return _AnchorGroup(
+        re.compile(merged) if plain else None, plain, tuple(c for c in compiled if c.near)
+    )
+
+
 class _Matcher:
     """The compiled rules, and the reading of one normalized text against them."""
 
     def __init__(self, rules: Iterable[Rule]) -> None:
-        self._anchored: dict[str, list[_Compiled]] = {}
+        by_anchor: dict[str, list[_Compiled]] = {}
         self._unanchored: list[_Compiled] = []
         for rule in rules:
-            near = re.compile(rule.near) if rule.near else None
-            compiled = _Compiled(rule, re.compile(rule.pattern), near)
+            compiled = _Compiled(
+                rule, re.compile(rule.pattern), re.compile(rule.near) if rule.near else None
+            )
+            if compiled.pattern.groups:
+                raise ValueError(f"rule {rule.id} has a capturing group; use (?:...)")
             if not rule.anchors:
                 self._unanchored.append(compiled)
             for word in rule.anchors.split():
-                self._anchored.setdefault(word, []).append(compiled)
-        self._anchors = re.compile(_trie_pattern(self._anchored))
+                by_anchor.setdefault(word, []).append(compiled)
+        self._groups = {word: _group(compiled) for word, compiled in by_anchor.items()}
+        self._anchors = re.compile(_trie_pattern(self._groups))
 
     def _matches(self, text: str) -> Iterator[tuple[Rule, int]]:
-        """Each rule that matches ``text``, once, with where its first usable match starts."""
+        """Each rule that matches ``text``, once, with where its first match starts."""
         done: set[str] = set()
+        near = _NearIndex(text)
         # One pass finds the anchor words; a rule is tried only where one of them stands.
         for anchor in self._anchors.finditer(text):
-            for compiled in self._anchored[anchor.group()]:
-                if compiled.rule.id in done:
+            pos = anchor.start()
+            group = self._groups[anchor.group()]
+            if group.merged is not None:
+                found = group.merged.match(text, pos)
+                assert found is not None  # every lookahead is optional
+                for rule, span in zip(group.merged_rules, found.groups(), strict=True):
+                    if span is not None and rule.id not in done:
+                        done.add(rule.id)
+                        yield rule, pos
+            for compiled in group.gated:
+                if compiled.rule.id in done or not near.allows(compiled, pos):
                     continue
-                match = compiled.pattern.match(text, anchor.start())
-                if match is not None and compiled.accepts(text, match):
+                if compiled.pattern.match(text, pos) is not None:
                     done.add(compiled.rule.id)
-                    yield compiled.rule, match.start()
+                    yield compiled.rule, pos
         for compiled in self._unanchored:
             for match in compiled.pattern.finditer(text):
-                if compiled.accepts(text, match):
+                if near.allows(compiled, match.start()):
                     yield compiled.rule, match.start()
                     break
 

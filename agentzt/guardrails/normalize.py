@@ -4,10 +4,12 @@
 casefolded, invisible characters removed, look-alike letters folded to Latin, whitespace
 collapsed. ``hidden_views`` returns what the text says once decoded or reshaped: Unicode
 tag characters read back as ASCII, base64, hex and percent-encoded runs decoded (twice
-deep), leetspeak read as letters, and letter-by-letter spacing closed up.
+deep), leetspeak read as letters, letter-by-letter spacing closed up, and punctuation
+between words dropped.
 
 All of it is bounded: decoding stops after ``MAX_VIEWS`` views or ``MAX_DECODED_CHARS``
-characters, and every pattern here is linear, so hostile input cannot buy unbounded work.
+characters, only the first 64 KiB of an encoded run is decoded, and every pattern here is
+linear, so hostile input cannot buy unbounded work.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ __all__ = [
     "MAX_DECODED_CHARS",
     "MAX_DEPTH",
     "MAX_VIEWS",
-    "hidden_views",
     "has_tag_text",
+    "hidden_views",
     "is_disguised",
     "normalize",
 ]
@@ -35,6 +37,7 @@ MAX_DECODED_CHARS = 256 * 1024
 # Only the first _MAX_RUN characters of an encoded run are decoded: a longer run is
 # binary data or padding, and decoding all of it is what a hostile input would want.
 _MAX_RUN = 65536
+_MIN_RUN = 16
 
 # Format characters that render as nothing, plus the few non-Cf code points that do the
 # same (combining grapheme joiner, Hangul fillers, variation selectors). A literal list
@@ -45,25 +48,30 @@ _INVISIBLE = (
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f\U000e0100-\U000e01ef"
 )
 _INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]+")
-_SPACE_RE = re.compile(r"\s+")
 
 # Letters from other scripts that look like Latin ones, after casefolding (so lower case
-# only). Fullwidth and mathematical letters need no entry: NFKC already maps them.
-_CONFUSABLES = {
+# only). Escapes, not literals, so the source itself cannot be misread. Fullwidth and
+# mathematical letters need no entry: NFKC already maps them.
+# One (look-alikes, Latin) pair of equal-length strings per script.
+_CONFUSABLES = (
     # Cyrillic
-    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j",
-    "к": "k", "м": "m", "н": "h", "о": "o", "п": "n", "р": "p", "с": "c", "ѕ": "s",
-    "т": "t", "у": "y", "х": "x", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ь": "b", "ӏ": "l",
+    ("\u0430\u0432\u0435\u0451\u04bb\u0456\u0457\u0458\u043a\u043c\u043d\u043e", "abeehiijkmho"),
+    ("\u043f\u0440\u0441\u0455\u0442\u0443\u0445\u0501\u051b\u051d\u044c\u04cf", "npcstyxdqwbl"),
     # Greek
-    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
-    "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j",
-    # Armenian and Latin extensions
-    "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g",
-    "ɡ": "g", "ı": "i", "ȷ": "j", "ɑ": "a", "ɩ": "i", "ʏ": "y", "ɪ": "i", "ᴀ": "a",
-    "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴏ": "o", "ᴜ": "u", "ʀ": "r", "ꜱ": "s", "ɴ": "n",
-}  # fmt: skip
-_CONFUSABLE_TABLE = str.maketrans(_CONFUSABLES)
-_CONFUSABLE_CLASS = "".join(_CONFUSABLES)
+    ("\u03b1\u03b2\u03b3\u03b5\u03b7\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4\u03c5", "abyenikvoptu"),
+    ("\u03c7\u03c9\u03f2\u03f3", "xwcj"),
+    # Armenian
+    ("\u0585\u057d\u0570\u0578\u0581", "ouhng"),
+    # Latin look-alikes: IPA, small capitals, dotless i and j
+    ("\u0261\u0131\u0237\u0251\u0269\u028f\u026a\u1d00\u1d04\u1d05\u1d07\u1d0f", "gijaiyiacdeo"),
+    ("\u1d1c\u0280\ua731\u0274", "ursn"),
+)
+_CONFUSABLE_TABLE = str.maketrans(
+    "".join(alike for alike, _ in _CONFUSABLES), "".join(latin for _, latin in _CONFUSABLES)
+)
+_CONFUSABLE_CLASS = "".join(alike for alike, _ in _CONFUSABLES)
+# Curly and modifier apostrophes read as "'", so "don\u2019t tell the user" is still seen.
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u2032", "'"))
 
 _LEET_TABLE = str.maketrans("013457@$", "oieastas")
 # Two leet characters around letters ("1gn0r3", "h4x0r"); one alone is an ordinary id.
@@ -79,22 +87,24 @@ _DISGUISE_RE = re.compile(
 )
 
 # Single letters separated by one space or dot ("i g n o r e", "i.g.n.o.r.e"). A run of
-# two or more spaces between such runs is the word gap the attacker left.
+# two or more spaces between such runs is the word gap the attacker left. The hint
+# patterns start with a literal or a class so the engine can skip ahead cheaply.
+_SPACED_HINT_RE = re.compile(r"[ .*_-]\w[ .*_-]\w[ .*_-]")
 _SPACED_RE = re.compile(r"(?<!\w)\w([ .*_\-])\w(?!\w)(?:\1\w(?!\w))+")
 _SPACED_SEP_RE = re.compile(r"[ .*_\-]")
 # Words each followed by punctuation ("IGNORE. ALL. PREVIOUS."), read with the marks gone.
+_PUNCTUATED_HINT_RE = re.compile(r"[.,;:!*|/~_-] ?\w{1,16}[.,;:!*|/~_-] ?\w{1,16}[.,;:!*|/~_-]")
 _PUNCTUATED_RE = re.compile(r"(?:\b\w{1,16}[.,;:!*|/~_-]+\s*){4,}")
 _PUNCTUATION_RE = re.compile(r"[.,;:!*|/~_-]+")
 
 _TAG_RUN_RE = re.compile("(\U0001f3f4)?([\U000e0020-\U000e007e]{4,})")
 # IMPORTANT: each run pattern starts with a literal or behind a lookbehind that fails
 # inside a run, so the engine never restarts a run at every character of it.
-_BASE64_RE = re.compile(f"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{16,{_MAX_RUN}}}")
-_HEX_RE = re.compile(f"(?<![0-9a-f])(?:[0-9a-f]{{2}}){{8,{_MAX_RUN // 2}}}", re.IGNORECASE)
-_SPACED_HEX_RE = re.compile(r"(?<![0-9a-f])(?:[0-9a-f]{2}[ :]){7,8192}[0-9a-f]{2}", re.I)
-_ESCAPED_HEX_RE = re.compile(r"(?:\\x[0-9a-f]{2}){4,8192}", re.IGNORECASE)
+_BASE64_RE = re.compile(f"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{{_MIN_RUN},{_MAX_RUN}}}")
+_HEX_RE = re.compile(f"(?<![0-9a-fA-F])(?:[0-9a-fA-F]{{2}}){{8,{_MAX_RUN // 2}}}")
+_ESCAPED_HEX_RE = re.compile(r"(?:\\x[0-9a-fA-F]{2}){4,8192}")
 # Percent escapes with a few literal characters between them ("t%65ll m%65 y%6fur").
-_PERCENT_RE = re.compile(r"%[0-9a-f]{2}(?:[^%\n]{0,12}%[0-9a-f]{2}){2,8192}[^%\s]{0,12}", re.I)
+_PERCENT_RE = re.compile(r"%[0-9a-fA-F]{2}(?:[^%\n]{0,12}%[0-9a-fA-F]{2}){2,8192}[^%\s]{0,12}")
 _WORD_START_RE = re.compile(r"[^%\s]{0,12}$")
 _B64_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -104,10 +114,11 @@ def normalize(text: str) -> str:
     if text.isascii():
         # ASCII is already NFKC and has no invisible or look-alike letters: only case and
         # spacing need work, and this path is what keeps ordinary traffic fast.
-        return _SPACE_RE.sub(" ", text.lower()).strip()
+        return " ".join(text.lower().split())
     text = _INVISIBLE_RE.sub("", text)
     text = unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLE_TABLE)
-    return _SPACE_RE.sub(" ", text).strip()
+    text = text.translate(_APOSTROPHES)
+    return " ".join(text.split())
 
 
 def is_disguised(text: str) -> bool:
@@ -164,11 +175,29 @@ def _from_hex(run: str) -> bytes:
 
 _DECODERS: tuple[tuple[re.Pattern[str], Callable[[str], bytes]], ...] = (
     (_ESCAPED_HEX_RE, _from_hex),
-    (_HEX_RE, _from_hex),
-    (_SPACED_HEX_RE, _from_hex),
     (_PERCENT_RE, unquote_to_bytes),
+    (_HEX_RE, _from_hex),
     (_BASE64_RE, _from_base64),
 )
+
+
+def _candidates(source: str) -> dict[re.Pattern[str], str]:
+    """The part of ``source`` each decoder needs to look at, or nothing.
+
+    These checks run at C speed and skip most text; the run patterns are slow per
+    character, so they only see what could hold a run.
+    """
+    parts: dict[re.Pattern[str], str] = {}
+    if "\\x" in source:
+        parts[_ESCAPED_HEX_RE] = source
+    if "%" in source:
+        parts[_PERCENT_RE] = source
+    words = source.split()
+    if max(map(len, words), default=0) >= _MIN_RUN:
+        # Base64 and hex runs hold no whitespace, so only long words can be one.
+        long_words = " ".join(word for word in words if len(word) >= _MIN_RUN)
+        parts[_HEX_RE] = parts[_BASE64_RE] = long_words
+    return parts
 
 
 def _run(pattern: re.Pattern[str], match: re.Match[str], source: str) -> str:
@@ -186,12 +215,16 @@ def _decoded(source: str, budget: _Budget) -> Iterator[str]:
             # A tag run after U+1F3F4 is a subdivision flag emoji, the one honest use of tags.
             if not flag:
                 yield "".join(chr(ord(ch) - 0xE0000) for ch in run)
+    parts = _candidates(source)
     for pattern, decode in _DECODERS:
-        for match in pattern.finditer(source):
+        part = parts.get(pattern)
+        if part is None:
+            continue
+        for match in pattern.finditer(part):
             if budget.views <= 0:
                 return
             try:
-                text = _as_text(decode(_run(pattern, match, source)))
+                text = _as_text(decode(_run(pattern, match, part)))
             except (binascii.Error, ValueError):
                 continue
             if text is not None:
@@ -202,36 +235,39 @@ def _reshaped(normal: str, raw: str) -> Iterator[str]:
     """Leetspeak read as letters, s p a c e d letters closed up, punctuation. between. words."""
     if _LEET_HINT_RE.search(normal):
         yield normal.translate(_LEET_TABLE)
-    if _SPACED_RE.search(raw):
+    if _SPACED_HINT_RE.search(raw):
         yield _SPACED_RE.sub(lambda m: _SPACED_SEP_RE.sub("", m.group()), raw)
-    if _PUNCTUATED_RE.search(normal):
+    if _PUNCTUATED_HINT_RE.search(normal):
         yield _PUNCTUATED_RE.sub(lambda m: _PUNCTUATION_RE.sub(" ", m.group()), normal)
 
 
 def hidden_views(text: str, normal: str | None = None) -> tuple[str, ...]:
-    """Normalized views of what ``text`` says once decoded or reshaped, at most ``MAX_VIEWS``.
+    """Normalized views of what ``text`` says once reshaped or decoded.
 
-    ``normal`` is ``normalize(text)`` when the caller has it already. Views equal to it,
-    or to each other, are left out.
+    At most three reshaped views and ``MAX_VIEWS`` decoded ones. ``normal`` is
+    ``normalize(text)`` when the caller has it already. Views equal to it, or to each
+    other, are left out.
     """
     normal = normalize(text) if normal is None else normal
     budget = _Budget()
     seen = {normal}
     views: list[str] = []
 
-    def add(view: str) -> bool:
-        if view in seen or not budget.take(view):
+    def add(view: str, budgeted: bool = True) -> bool:
+        if view in seen or (budgeted and not budget.take(view)):
             return False
         seen.add(view)
         views.append(view)
         return True
 
+    # Reshaped views are at most three, each as long as the text, so they are not charged
+    # to the budget: padding a text past it must not switch them off.
     for reshaped in _reshaped(normal, text):
-        add(normalize(reshaped))
+        add(normalize(reshaped), budgeted=False)
     frontier = [text]
     for _ in range(MAX_DEPTH):
-        decoded = [
+        # A decoded view is decoded again, so base64 inside base64 is read too.
+        frontier = [
             raw for source in frontier for raw in _decoded(source, budget) if add(normalize(raw))
         ]
-        frontier = decoded
     return tuple(views)

@@ -145,13 +145,15 @@ def choose_provider(
     settings: OpenGuardrailsSettings,
     env: Mapping[str, str],
     detector: LocalDetector,
+    *,
+    source: str = "gateway.toml",
 ) -> Provider:
     """``auto`` picks OpenGuardrails when its API key is set, else the local detector."""
     key = env.get(settings.api_key_env, "")
     if name == "openguardrails" and not key:
         raise ConfigError(
-            f"guardrails.input.provider is 'openguardrails' but {settings.api_key_env} is not "
-            "set; export the API key or use provider = 'auto' or 'local'"
+            f"{source}: key 'guardrails.input.provider' is 'openguardrails' but "
+            f"{settings.api_key_env} is not set; export the API key or use 'auto' or 'local'"
         )
     if key and name in ("openguardrails", "auto"):
         return OpenGuardrailsProvider(settings, key)
