@@ -417,9 +417,7 @@ GAPS = {
 
 @pytest.mark.parametrize(
     "body",
-    [
-        pytest.param(body) for body, _ in GAPS.values()
-    ],
+    [pytest.param(body) for body, _ in GAPS.values()],
     ids=list(GAPS),
 )
 def test_injection_hidden_in_a_gap_is_refused(block: GW, body: dict[str, Any]) -> None:
