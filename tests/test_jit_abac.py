@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -251,7 +252,9 @@ def test_model_grant_authorizes_the_model(env: Env) -> None:
 
 def forged_grant(env: Env, agent_id: str) -> str:
     """A well-formed grant for agent_id signed by a key that is not the gateway's."""
-    issuer = ElevationIssuer(SigningKey.generate(), issuer=env.gateway.issuer, clock=env.clock)
+    issuer = ElevationIssuer(
+        SigningKey.generate(), issuer=env.gateway.issuer, clock=env.clock, epoch="forged"
+    )
     token, _ = issuer.issue(agent_id, kind="tool", name="email.send", reason="forged", ttl=60)
     return token
 
@@ -604,3 +607,51 @@ def test_cli_elevate_bad_arguments_exit_2(env: Env, args: list[str]) -> None:
     result = run_cli(env, "elevate", *args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_grant_does_not_outlive_a_gateway_restart(env: Env, tmp_path: Any) -> None:
+    token = env.token("agent-1")
+    grant = env.grant("agent-1")
+    assert env.send_email(token, grant).status_code == 200
+    # The restarted gateway has the same key and issuer (its audit log elsewhere, since
+    # the first one still holds the lock). It forgot the use counts, so it must refuse
+    # grants it did not issue itself.
+    home = tmp_path / "restarted-home"
+    (home / "gateway").mkdir(parents=True)
+    shutil.copy(env.paths.gateway_key, home / "gateway" / "signing.key")
+    paths = Paths(config_dir=env.paths.config_dir, home=home)
+    restarted = Gateway(paths, public_url=env.gateway.issuer, clock=env.clock)
+    with running(create_app(restarted), bind("127.0.0.1", 0)) as server:
+        again = Env(paths, restarted, server.url, env.clock, env.keys)
+        resp = again.send_email(again.token("agent-1"), grant)
+        assert resp.status_code == 403
+        assert resp.json()["error"]["message"] == "invalid elevation grant"
+        fresh = again.grant("agent-1")
+        assert again.send_email(again.token("agent-1"), fresh).status_code == 200
+
+
+def test_count_tokens_does_not_spend_a_grant(env: Env) -> None:
+    token = env.token("model-1")
+    grant = env.grant("model-1", kind="model", name="claude-opus-4-8")
+    body = {
+        "model": "claude-opus-4-8",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    counted = env.call(
+        "POST", "/v1/messages/count_tokens", token, body, **{"x-agentzt-elevation": grant}
+    )
+    assert counted.status_code == 200, counted.text
+    used = env.call("POST", "/v1/messages", token, body, **{"x-agentzt-elevation": grant})
+    assert used.status_code == 200, used.text
+
+
+def test_elevation_reason_is_redacted_before_the_audit_log(env: Env) -> None:
+    from agentzt.tools.web import FAKE_LEAKED_KEY
+
+    resp = env.elevate(env.token("agent-1"), reason=f"need to mail the key {FAKE_LEAKED_KEY}")
+    assert resp.status_code == 200
+    (event,) = env.events(resp.headers[RID])
+    assert event["meta"]["reason"] == "need to mail the key [REDACTED:anthropic-key]"
+    assert event["meta"]["redactions"] == {"anthropic-key": 1}
+    assert FAKE_LEAKED_KEY not in env.paths.audit_log.read_text()

@@ -6,40 +6,15 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-import aiohttp
 import typer
 
 from agentzt.cli import app, paths_of
 from agentzt.cli.serve_cmds import DEFAULT_GATEWAY
-from agentzt.errors import AgentztError, UpstreamError, UsageError
-from agentzt.identity import SigningKey, read_private_key
+from agentzt.errors import UsageError
+from agentzt.identity import read_private_key
 from agentzt.identity.registry import check_agent_id
 from agentzt.policy.load import RESOURCE_NAME
-from agentzt.proxy.session import TokenSession
-
-
-async def _request_grant(
-    *, agent_id: str, key: SigningKey, gateway: str, request: dict[str, Any]
-) -> dict[str, Any]:
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        session = TokenSession(agent_id=agent_id, key=key, gateway_url=gateway, http=http)
-        token = await session.token()
-        try:
-            async with http.post(
-                f"{gateway}/v1/elevate",
-                json=request,
-                headers={"authorization": f"Bearer {token}"},
-            ) as resp:
-                status, body = resp.status, await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
-    if status != 200 or not isinstance(body, dict) or "elevation_grant" not in body:
-        error = body.get("error") if isinstance(body, dict) else None
-        kind = error.get("type") if isinstance(error, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        raise AgentztError(f"gateway refused the elevation: {status} {kind}: {message}")
-    return body
+from agentzt.proxy.grant import request_grant
 
 
 @app.command("elevate")
@@ -74,7 +49,7 @@ def elevate_cmd(
     if ttl is not None:
         request["ttl_seconds"] = ttl
     answer = asyncio.run(
-        _request_grant(agent_id=agent, key=key, gateway=gateway.rstrip("/"), request=request)
+        request_grant(agent_id=agent, key=key, gateway=gateway.rstrip("/"), request=request)
     )
     if as_json:
         typer.echo(json.dumps(answer, indent=2))

@@ -159,11 +159,16 @@ async def _model_request(
 async def _screen(
     gw: Gateway, call: Call, role: Role, grant: Grant | None, turns: list[Turn]
 ) -> None:
-    """Steps 5-6 and the JIT use: input guardrail, ABAC on hours and risk, grant counted."""
+    """Steps 5-6 and the JIT use: input guardrail, ABAC on hours and risk, grant counted.
+
+    The hours come first although ABAC is step 6: they depend on nothing the guardrail
+    finds, and a call that will be denied anyway must not send its conversation out to a
+    guardrail provider.
+    """
+    gw.check_hours(call, role)
     risk = await gw.guard.screen(
         call, turns, risk_needed=role.abac.deny_above_risk_level is not None
     )
-    gw.check_hours(call, role)
     gw.check_risk(call, role, risk)
     gw.use_grant(call, grant, role)
 
@@ -190,7 +195,10 @@ async def messages(gw: Gateway, request: Request, call: Call) -> Response:
 
 async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
     body, role, grant = await _model_request(gw, request, call)
-    await _screen(gw, call, role, grant, message_turns(body))
+    # Counting tokens runs nothing, so it does not spend a use of a JIT grant.
+    await _screen(gw, call, role, None, message_turns(body))
+    if grant is not None:
+        call.meta["via"] = "jit"
     return json_response({"input_tokens": mock_upstream.estimate_tokens(body)})
 
 
@@ -277,11 +285,12 @@ async def elevate(gw: Gateway, request: Request, call: Call) -> Response:
     body = parse_json_object(await read_body(request, ELEVATE_BODY_LIMIT))
     resource, reason, ttl = _elevation_request(body)
     call.resource = resource.scope
+    # The reason is the agent's own text: it goes into the audit log and the grant, so
+    # it passes the secret redaction first.
+    redacted = gw.guard.redact(call, reason)
+    reason = redacted if isinstance(redacted, str) else "[REDACTED]"
     call.meta["reason"] = reason
-    elevatable = (
-        role.jit.elevatable_tools if resource.kind == "tool" else role.jit.elevatable_models
-    )
-    if resource.name not in elevatable:
+    if resource.name not in role.jit.elevatable(resource.kind):
         raise PermissionDeniedError(
             f"{resource.scope} is not elevatable for role {role.name}",
             message=f"{resource.kind} '{resource.name}' is not elevatable for this agent's role",

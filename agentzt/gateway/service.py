@@ -33,6 +33,7 @@ from agentzt.identity import (
     VerifyKey,
     load_or_create_signing_key,
 )
+from agentzt.identity.elevation import new_epoch
 from agentzt.policy import Decision, DecisionRequest, Policy, Resource, decide, load_policy
 from agentzt.policy.abac import check_hours, check_risk
 from agentzt.policy.load import RESOURCE_NAME
@@ -89,8 +90,11 @@ class Gateway:
             max_ttl=tokens.access_token_ttl_seconds,
             clock=clock,
         )
-        self.elevations = ElevationIssuer(signing_key, issuer=self.issuer, clock=clock)
-        self.grants = ElevationVerifier(self.public_key, issuer=self.issuer, clock=clock)
+        epoch = new_epoch()
+        self.elevations = ElevationIssuer(signing_key, issuer=self.issuer, clock=clock, epoch=epoch)
+        self.grants = ElevationVerifier(
+            self.public_key, issuer=self.issuer, clock=clock, epoch=epoch
+        )
         self.grant_uses = GrantUses(clock)
         self.limiter = SlidingWindowLimiter(clock)
         self.toolbox: ToolBox = default_toolbox()
@@ -190,7 +194,7 @@ class Gateway:
             raise refuse("issued for another resource")
         # The live policy decides, so removing a resource from a role's jit list (or
         # shortening its TTL) also retires grants already handed out.
-        if resource.name not in _elevatable(role, resource.kind):
+        if resource.name not in role.jit.elevatable(resource.kind):
             raise refuse(f"{resource.scope} is not elevatable for role {role.name}")
         if grant.exp - grant.iat > role.jit.max_ttl_seconds:
             raise refuse("lifetime over the role's max_ttl_seconds")
@@ -213,7 +217,12 @@ class Gateway:
 
     def check_risk(self, call: Call, role: Role, risk: str | None) -> None:
         """Step 6, risk: the guardrail's risk level against the role's limit."""
-        self._enforce(call, check_risk(role, risk), "request risk is above this role's limit")
+        message = (
+            "request risk is above this role's limit"
+            if risk is not None
+            else "request risk is unknown (guardrail unavailable) and this role requires it"
+        )
+        self._enforce(call, check_risk(role, risk), message)
 
     @staticmethod
     def _enforce(call: Call, decision: Decision, message: str) -> None:
@@ -226,7 +235,3 @@ class Gateway:
         """Names of ``kind`` ("model" or "tool") this token may use under the live role."""
         names = role.models if kind == "model" else role.tools
         return [n for n in names if f"{kind}:{n}" in claims.scope]
-
-
-def _elevatable(role: Role, kind: str) -> frozenset[str]:
-    return role.jit.elevatable_tools if kind == "tool" else role.jit.elevatable_models

@@ -13,8 +13,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Keys whose values are identifiers or enums, never prose a model reads.
-_SKIPPED_KEYS = frozenset({"type", "id", "tool_use_id", "media_type", "signature", "cache_control"})
+# Keys whose string values are identifiers or enums, never prose a model reads. Only a
+# string is skipped: an object under such a key (a schema property named "id") is read.
+_SKIPPED_KEYS = frozenset({"type", "id", "tool_use_id", "media_type", "signature"})
+# Objects the model or the agent wrote freely, where a key can carry a sentence.
+_FREE_FORM_KEYS = frozenset({"input", "input_schema"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +33,8 @@ def strings_in(value: object) -> Iterator[str]:
 
     ``data`` is skipped only in a base64 source (an image or a PDF): a plain-text
     document carries its prose there. Keys are read inside a ``tool_use`` block's
-    ``input``, where the model wrote the object and a key can carry a sentence; elsewhere
-    keys are the API's own field names.
+    ``input`` and a tool's ``input_schema``, where whoever wrote the object chose them;
+    elsewhere keys are the API's own field names.
     """
     stack: list[tuple[object, bool]] = [(value, False)]
     while stack:
@@ -42,9 +45,10 @@ def strings_in(value: object) -> Iterator[str]:
         elif isinstance(item, Mapping):
             binary = item.get("type") == "base64"
             for key, child in reversed(list(item.items())):
-                if not free_form and (key in _SKIPPED_KEYS or (binary and key == "data")):
+                skipped = key in _SKIPPED_KEYS or (binary and key == "data")
+                if not free_form and skipped and isinstance(child, str):
                     continue
-                stack.append((child, free_form or key == "input"))
+                stack.append((child, free_form or key in _FREE_FORM_KEYS))
                 if free_form:
                     stack.append((key, True))
         elif isinstance(item, list | tuple):

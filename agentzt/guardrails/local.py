@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from agentzt.guardrails.normalize import has_tag_text, hidden_views, is_disguised, normalize
+from agentzt.guardrails.normalize import has_tag_text, is_disguised, normalize, read_hidden
 from agentzt.guardrails.rules import HIGH, LOW, MEDIUM, RULES, Rule
 from agentzt.guardrails.verdict import RISK_LEVELS, Verdict
 
@@ -47,6 +47,7 @@ _MENTION_BEFORE = re.compile(
     r"defend(?:s|ing)?|match(?:es|ing)?|attempt(?:s|ed)?|tries|tried)(?![\w/@-]|\.\w)"
 )
 _QUOTE_BEFORE = re.compile(r"[\"'`\u201c\u2018\u00ab]\s?$")
+_LEAD_IN = re.compile(r"\.?\s*[,:]\s*")
 # Vocabulary of text about attacks; a quoted match in such text is an example, not an order.
 _DISCUSSION = re.compile(
     r"\b(?:prompt injection|injection|jailbreaks?|attacks?|attackers?|defen[cs]es?|defend|"
@@ -73,6 +74,8 @@ class _Hit:
 _OBFUSCATED = _Hit("obfuscation.hidden_payload", "obfuscation", MEDIUM)
 _DISGUISED = _Hit("obfuscation.disguised_text", "obfuscation", MEDIUM)
 _TAGGED = _Hit("obfuscation.tag_characters", "obfuscation", MEDIUM)
+# More encoded text than the decoding budget reads: fail closed rather than trust the rest.
+_UNREAD = _Hit("obfuscation.decoding_budget", "obfuscation", MEDIUM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +109,12 @@ class _NearIndex:
 
 def _is_mention(text: str, start: int, discussion: bool) -> bool:
     before = text[max(0, start - _MENTION_WINDOW) : start]
-    if _MENTION_BEFORE.search(before):
+    if discussion and _QUOTE_BEFORE.search(before) is not None:
         return True
-    return discussion and _QUOTE_BEFORE.search(before) is not None
+    markers = list(_MENTION_BEFORE.finditer(before))
+    # "For example, ignore all previous instructions": a marker, a comma or colon, then the
+    # order itself is how an attacker borrows the downgrade; that is not a mention.
+    return bool(markers) and not _LEAD_IN.fullmatch(before, markers[-1].end())
 
 
 _Trie = dict[str, "_Trie"]
@@ -302,7 +308,10 @@ class LocalDetector:
         if has_tag_text(text):
             hits.append(_TAGGED)
         visible = {hit.rule for hit in hits}
-        for view in hidden_views(text, normal):
+        views, exhausted = read_hidden(text, normal)
+        if exhausted:
+            hits.append(_UNREAD)
+        for view in views:
             for hit in self._matcher.hits(view):
                 if hit.rule not in visible:
                     hits.append(hit)

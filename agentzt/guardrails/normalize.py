@@ -29,6 +29,7 @@ __all__ = [
     "hidden_views",
     "is_disguised",
     "normalize",
+    "read_hidden",
 ]
 
 MAX_DEPTH = 2
@@ -134,14 +135,18 @@ def has_tag_text(text: str) -> bool:
 class _Budget:
     """How many more views, and decoded characters, this call may still produce."""
 
-    __slots__ = ("chars", "views")
+    __slots__ = ("chars", "exhausted", "views")
 
     def __init__(self) -> None:
         self.views = MAX_VIEWS
         self.chars = MAX_DECODED_CHARS
+        # Set once something decodable was left unread; the caller must not treat the
+        # views as the whole story, or padding would hide a payload past the budget.
+        self.exhausted = False
 
     def take(self, text: str) -> bool:
         if self.views <= 0 or len(text) > self.chars:
+            self.exhausted = True
             return False
         self.views -= 1
         self.chars -= len(text)
@@ -222,6 +227,7 @@ def _decoded(source: str, budget: _Budget) -> Iterator[str]:
             continue
         for match in pattern.finditer(part):
             if budget.views <= 0:
+                budget.exhausted = True
                 return
             try:
                 text = _as_text(decode(_run(pattern, match, part)))
@@ -248,6 +254,11 @@ def hidden_views(text: str, normal: str | None = None) -> tuple[str, ...]:
     ``normalize(text)`` when the caller has it already. Views equal to it, or to each
     other, are left out.
     """
+    return read_hidden(text, normal)[0]
+
+
+def read_hidden(text: str, normal: str | None = None) -> tuple[tuple[str, ...], bool]:
+    """``hidden_views`` and whether the decoding budget ran out before everything was read."""
     normal = normalize(text) if normal is None else normal
     budget = _Budget()
     seen = {normal}
@@ -270,4 +281,4 @@ def hidden_views(text: str, normal: str | None = None) -> tuple[str, ...]:
         frontier = [
             raw for source in frontier for raw in _decoded(source, budget) if add(normalize(raw))
         ]
-    return tuple(views)
+    return tuple(views), budget.exhausted

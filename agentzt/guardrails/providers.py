@@ -24,7 +24,7 @@ from agentzt.guardrails.verdict import RISK_LEVELS, Verdict
 log = logging.getLogger("agentzt.guardrails")
 # Past this much text the local scan moves off the event loop, so one huge
 # conversation cannot stall every other agent's calls.
-INLINE_SCAN_CHARS = 64 * 1024
+INLINE_SCAN_CHARS = 8 * 1024
 _LABEL = re.compile(r"[A-Za-z0-9 _.-]{1,64}")
 MAX_CATEGORIES = 16
 

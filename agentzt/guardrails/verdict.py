@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentzt.policy.model import RISK_LEVELS
+from agentzt.policy.model import RISK_LEVELS, risk_rank
 
-__all__ = ["NO_RISK", "RISK_LEVELS", "Verdict", "risk_rank"]
-
-_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
-
-
-def risk_rank(level: str) -> int:
-    """0 for ``no_risk`` up to 3 for ``high_risk``; an unknown level ranks highest (fail closed)."""
-    return _RANK.get(level, len(RISK_LEVELS) - 1)
+__all__ = ["RISK_LEVELS", "Verdict", "risk_rank"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +31,3 @@ class Verdict:
     def reaches(self, level: str) -> bool:
         """True when this verdict's risk is at or above ``level``."""
         return self.rank >= risk_rank(level)
-
-
-NO_RISK = Verdict("no_risk")

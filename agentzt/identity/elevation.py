@@ -2,16 +2,26 @@
 
 A grant is a JWS signed by the gateway key with its own ``typ`` (``elevation+jwt``), so it
 can never stand in for an access token or a client assertion, nor they for it.
+
+Use counts live in the gateway's memory, so each grant also names the gateway process
+that issued it (``epoch``, random per start): after a restart, which forgets the counts,
+earlier grants are refused instead of counting from zero again.
 """
 
 from __future__ import annotations
 
 import heapq
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentzt.errors import BadAlgorithmError, MissingClaimError, PermissionDeniedError
+from agentzt.errors import (
+    BadAlgorithmError,
+    InvalidIssuerError,
+    MissingClaimError,
+    PermissionDeniedError,
+)
 from agentzt.identity import jws
 from agentzt.identity.keys import SigningKey, VerifyKey
 from agentzt.identity.tokens import CLOCK_SKEW_SECONDS, new_jti
@@ -38,11 +48,16 @@ class Grant:
         return f"{self.kind}:{self.name}"
 
 
+def new_epoch() -> str:
+    return secrets.token_urlsafe(12)
+
+
 class ElevationIssuer:
-    def __init__(self, key: SigningKey, *, issuer: str, clock: Clock) -> None:
+    def __init__(self, key: SigningKey, *, issuer: str, clock: Clock, epoch: str) -> None:
         self._key = key
         self._issuer = issuer
         self._clock = clock
+        self._epoch = epoch
         self._headers = {"typ": "elevation+jwt", "kid": key.public.kid}
 
     def issue(
@@ -59,6 +74,7 @@ class ElevationIssuer:
             "iat": grant.iat,
             "exp": grant.exp,
             "jti": grant.jti,
+            "epoch": self._epoch,
         }
         return jws.encode(payload, self._key, headers=self._headers), grant
 
@@ -71,11 +87,18 @@ class ElevationVerifier:
     """
 
     def __init__(
-        self, key: VerifyKey, *, issuer: str, clock: Clock, leeway: int = CLOCK_SKEW_SECONDS
+        self,
+        key: VerifyKey,
+        *,
+        issuer: str,
+        clock: Clock,
+        epoch: str,
+        leeway: int = CLOCK_SKEW_SECONDS,
     ) -> None:
         self._key = key
         self._issuer = issuer
         self._clock = clock
+        self._epoch = epoch
         self._leeway = leeway
 
     def _key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
@@ -102,6 +125,8 @@ class ElevationVerifier:
             or not isinstance(reason, str)
         ):
             raise MissingClaimError("resource or reason missing or malformed")
+        if claims.get("epoch") != self._epoch:
+            raise InvalidIssuerError("grant was issued before the gateway restarted")
         return Grant(
             agent_id=claims["sub"],
             kind=resource["kind"],

@@ -9,9 +9,7 @@ from __future__ import annotations
 import time
 
 from agentzt.policy.decide import Decision
-from agentzt.policy.model import RISK_LEVELS, HourWindow, Role
-
-_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
+from agentzt.policy.model import HourWindow, Role, risk_rank
 
 
 def in_window(window: HourWindow, hour: int) -> bool:
@@ -48,6 +46,6 @@ def check_risk(role: Role, risk: str | None) -> Decision:
     rule = f"roles.{role.name}.abac.deny_above_risk_level"
     if risk is None:
         return Decision("deny", f"guardrail risk unknown; role {role.name} requires one", rule)
-    if _RANK.get(risk, len(RISK_LEVELS)) >= _RANK[limit]:
+    if risk_rank(risk) >= risk_rank(limit):
         return Decision("deny", f"guardrail risk {risk} reaches the role's limit {limit}", rule)
     return Decision("allow", f"guardrail risk {risk} is below {limit}", rule)

@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 RISK_LEVELS = ("no_risk", "low_risk", "medium_risk", "high_risk")
+_RISK_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
+
+
+def risk_rank(level: str) -> int:
+    """0 for ``no_risk`` up to 3 for ``high_risk``; an unknown level ranks highest (fail closed)."""
+    return _RISK_RANK.get(level, len(RISK_LEVELS) - 1)
+
+
 ResourceKind = Literal["model", "tool"]
 
 
@@ -47,6 +55,10 @@ class Jit:
     elevatable_models: frozenset[str] = frozenset()
     max_ttl_seconds: int = 300
     max_uses: int = 1
+
+    def elevatable(self, kind: str) -> frozenset[str]:
+        """The names of ``kind`` ("tool" or "model") a grant may be issued for."""
+        return self.elevatable_tools if kind == "tool" else self.elevatable_models
 
 
 @dataclass(frozen=True, slots=True)
