@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import heapq
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from agentzt.errors import (
-    BadAlgorithmError,
     InvalidIssuerError,
     MissingClaimError,
     PermissionDeniedError,
 )
 from agentzt.identity import jws
 from agentzt.identity.keys import SigningKey, VerifyKey
-from agentzt.identity.tokens import CLOCK_SKEW_SECONDS, new_jti
+from agentzt.identity.tokens import CLOCK_SKEW_SECONDS, new_jti, pinned_key
 
 Clock = Callable[[], float]
 ELEVATION_TYP = frozenset({"elevation+jwt"})
@@ -95,16 +93,11 @@ class ElevationVerifier:
         epoch: str,
         leeway: int = CLOCK_SKEW_SECONDS,
     ) -> None:
-        self._key = key
+        self._key_for = pinned_key(key)
         self._issuer = issuer
         self._clock = clock
         self._epoch = epoch
         self._leeway = leeway
-
-    def _key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
-        if header.get("kid", self._key.kid) != self._key.kid:
-            raise BadAlgorithmError("kid is not the gateway key")
-        return self._key
 
     def verify(self, token: object) -> Grant:
         _, claims = jws.decode(token, self._key_for, typ=ELEVATION_TYP)

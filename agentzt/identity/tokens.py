@@ -27,6 +27,20 @@ def new_jti() -> str:
     return secrets.token_urlsafe(18)
 
 
+KeyFor = Callable[[Mapping[str, Any], Mapping[str, Any]], VerifyKey]
+
+
+def pinned_key(key: VerifyKey) -> KeyFor:
+    """A ``key_for`` for tokens the gateway signed: only its key, whatever a ``kid`` says."""
+
+    def key_for(header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
+        if header.get("kid", key.kid) != key.kid:
+            raise BadAlgorithmError("kid is not the gateway key")
+        return key
+
+    return key_for
+
+
 # --- client assertion: made by the proxy, checked by the token endpoint ---------------
 
 
@@ -156,17 +170,12 @@ class AccessTokenVerifier:
         clock: Clock,
         leeway: int = CLOCK_SKEW_SECONDS,
     ) -> None:
-        self._key = key
         self._issuer = issuer
         self._max_ttl = max_ttl
         self._clock = clock
         self._leeway = leeway
         self._cache: dict[str, AccessClaims] = {}
-
-    def _key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> VerifyKey:
-        if header.get("kid", self._key.kid) != self._key.kid:
-            raise BadAlgorithmError("kid is not the gateway key")
-        return self._key
+        self._key_for = pinned_key(key)
 
     def verify(self, token: object) -> AccessClaims:
         if isinstance(token, str):
