@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ tools = ["kb.search"]
 requests_per_minute = 3
 max_output_tokens = 16
 """
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> float:
+    """A fixed UTC instant on an ordinary day, for tests that set the gateway's clock."""
+    return float(calendar.timegm((2026, 11, 23, hour, minute, second, 0, 0, 0)))
+
+
+class Clock:
+    """A settable clock: tests put the hour where they need it and age tokens without sleeping."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import calendar
 import json
 import re
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, enroll_agent
+from conftest import REPO, Clock, at, enroll_agent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -62,19 +61,6 @@ SPOTLIT = re.compile(
     r"(?P<body>.*)\n<<end agentzt-untrusted (?P=boundary)>>\Z",
     re.DOTALL,
 )
-
-
-def at(hour: int) -> float:
-    """A fixed UTC instant at ``hour`` o'clock on an ordinary day."""
-    return float(calendar.timegm((2026, 11, 23, hour, 0, 0, 0, 0, 0)))
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- gateways -----------------------------------------------------------------------------

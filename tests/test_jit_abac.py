@@ -6,7 +6,6 @@ age grants past their expiry without sleeping.
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, enroll_agent
+from conftest import REPO, Clock, at, enroll_agent
 
 from agentzt.audit import read_events, verify_chain
 from agentzt.config import Paths
@@ -43,18 +42,6 @@ tools = ["kb.search"]
 elevatable_models = ["claude-opus-4-8"]
 max_ttl_seconds = 60
 """
-
-
-def at(hour: int, minute: int = 0, second: int = 0) -> float:
-    return float(calendar.timegm((2026, 11, 23, hour, minute, second, 0, 0, 0)))
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
