@@ -160,6 +160,10 @@ class Paths:
     def audit_log(self) -> Path:
         return self.home / "audit" / "gateway-audit.jsonl"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
 
 @dataclass(frozen=True)
 class TokenSettings:
@@ -220,6 +224,18 @@ class GuardrailSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """``[tls]``: "off" serves plain HTTP; "mtls" serves HTTPS, requires a client
+    certificate from the agentzt CA on every connection and binds tokens to it."""
+
+    mode: str = "off"
+
+    @property
+    def mtls(self) -> bool:
+        return self.mode == "mtls"
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """``gateway.toml``. ``issuer`` None means "the URL the gateway is served at"."""
 
@@ -228,6 +244,7 @@ class GatewaySettings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 def load_gateway_settings(path: Path) -> GatewaySettings:
@@ -259,9 +276,17 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
     )
     lim.finish()
     guardrails = _guardrail_settings(root.table("guardrails"))
+    tls_t = root.table("tls")
+    tls = TlsSettings(mode=tls_t.string("mode", "off", choices=("off", "mtls")))
+    tls_t.finish()
     root.finish()
     return GatewaySettings(
-        issuer=issuer, tokens=tokens, upstream=upstream, limits=limits, guardrails=guardrails
+        issuer=issuer,
+        tokens=tokens,
+        upstream=upstream,
+        limits=limits,
+        guardrails=guardrails,
+        tls=tls,
     )
 
 

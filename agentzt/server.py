@@ -10,11 +10,16 @@ import asyncio
 import contextlib
 import importlib.util
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from agentzt.tls.peer import PEER_SCOPE_KEY, peer_from_ssl
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAS_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
@@ -42,7 +47,41 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _config(app: Any, **overrides: Any) -> uvicorn.Config:
+def _with_peer(protocol: Any) -> None:
+    """Expose the verified client certificate to the app (uvicorn does not).
+
+    Run once per connection, after the handshake: every request on the connection gets
+    the certificate in ``scope["extensions"]`` at the cost of two dictionary writes.
+    """
+    ssl_object = protocol.transport.get_extra_info("ssl_object")
+    found = peer_from_ssl(ssl_object) if ssl_object is not None else None
+    if found is None:
+        return
+    peer, tls = found
+    app = protocol.app
+
+    async def app_with_peer(scope: Any, receive: Any, send: Any) -> None:
+        extensions = scope.setdefault("extensions", {})
+        extensions["tls"] = tls
+        extensions[PEER_SCOPE_KEY] = peer
+        await app(scope, receive, send)
+
+    protocol.app = app_with_peer
+
+
+class _HttpToolsWithPeer(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        _with_peer(self)
+
+
+class _H11WithPeer(H11Protocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        _with_peer(self)
+
+
+def _config(app: Any, tls: ssl.SSLContext | None = None, **overrides: Any) -> uvicorn.Config:
     options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
@@ -55,23 +94,26 @@ def _config(app: Any, **overrides: Any) -> uvicorn.Config:
         "timeout_keep_alive": 30,
         "h11_max_incomplete_event_size": 64 * 1024,
     }
+    if tls is not None:
+        options["http"] = _HttpToolsWithPeer if HAS_HTTPTOOLS else _H11WithPeer
+        options["ssl_context_factory"] = lambda config, default: tls
     options.update(overrides)
     return uvicorn.Config(app, **options)
 
 
-def serve_forever(app: Any, sock: socket.socket) -> None:
-    """Run until SIGINT/SIGTERM (uvicorn installs the handlers)."""
-    server = uvicorn.Server(_config(app))
+def serve_forever(app: Any, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn installs the handlers); HTTPS when ``tls`` is given."""
+    server = uvicorn.Server(_config(app, tls))
     server.run(sockets=[sock])
 
 
 class BackgroundServer:
     """A uvicorn server on its own thread and event loop; ``stop()`` shuts it down."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
-        self.url = url_of(sock)
+    def __init__(self, app: Any, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        self.url = url_of(sock, "https" if tls is not None else "http")
         self._sock = sock
-        self._server = uvicorn.Server(_config(app))
+        self._server = uvicorn.Server(_config(app, tls))
         # uvicorn installs signal handlers only on the main thread, so the owner of the
         # process keeps Ctrl-C.
         self._thread = threading.Thread(target=self._run, name=f"uvicorn {self.url}", daemon=True)
@@ -101,8 +143,10 @@ class BackgroundServer:
 
 
 @contextlib.contextmanager
-def running(app: Any, sock: socket.socket) -> Iterator[BackgroundServer]:
-    server = BackgroundServer(app, sock).start()
+def running(
+    app: Any, sock: socket.socket, tls: ssl.SSLContext | None = None
+) -> Iterator[BackgroundServer]:
+    server = BackgroundServer(app, sock, tls).start()
     try:
         yield server
     finally:

@@ -1,5 +1,5 @@
 """Importing this module registers every command on the app."""
 
-from agentzt.cli import audit_cmd, demo_cmd, elevate_cmd, identity_cmds, serve_cmds
+from agentzt.cli import audit_cmd, demo_cmd, elevate_cmd, identity_cmds, serve_cmds, tls_cmd
 
-__all__ = ["audit_cmd", "demo_cmd", "elevate_cmd", "identity_cmds", "serve_cmds"]
+__all__ = ["audit_cmd", "demo_cmd", "elevate_cmd", "identity_cmds", "serve_cmds", "tls_cmd"]

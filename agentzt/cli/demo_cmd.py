@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import importlib.util
 import shutil
+import socket
+import ssl
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,13 +25,21 @@ from agentzt.audit import read_events, verify_chain
 from agentzt.cli import app
 from agentzt.cli.audit_cmd import events_table
 from agentzt.cli.output import console
-from agentzt.config import Paths
+from agentzt.config import Paths, TlsSettings, load_gateway_settings
 from agentzt.errors import AgentztError, ConfigError
 from agentzt.gateway import Gateway, create_app
 from agentzt.identity import enroll, read_private_key
 from agentzt.policy import load_policy
 from agentzt.proxy import create_proxy_app
 from agentzt.server import bind, running, url_of
+from agentzt.tls import (
+    TlsFiles,
+    client_context,
+    fingerprint,
+    init_ca,
+    issue_client_files,
+    server_context,
+)
 
 DEMO_AGENT = "demo-agent-1"
 
@@ -100,7 +113,11 @@ def _expected_text(e: Expectation) -> str:
 
 
 @app.command("demo")
-def demo_cmd() -> None:
+def demo_cmd(
+    mtls: Annotated[
+        bool, typer.Option("--mtls", help="Run proxy↔gateway over mutual TLS with bound tokens.")
+    ] = False,
+) -> None:
     """Run the end-to-end demo on free loopback ports; exit 0 only if every step is as expected."""
     bundle = demo_dir()
     agent = load_agent(bundle)
@@ -120,22 +137,47 @@ def demo_cmd() -> None:
             f"[bold]agentzt demo[/] — enrolled [bold]{DEMO_AGENT}[/] (role demo-agent) in {tmp}"
         )
         started = time.perf_counter()
+        settings = load_gateway_settings(paths.gateway_toml)
+        server_tls = client_tls = None
+        files = TlsFiles(paths.tls_dir)
+        if mtls:
+            now = dt.datetime.now(dt.UTC)
+            _, server_cert = init_ca(files, now=now)
+            issue_client_files(files, DEMO_AGENT, now=now)
+            settings = dataclasses.replace(settings, tls=TlsSettings(mode="mtls"))
+            server_tls = server_context(files)
+            client_tls = client_context(files, DEMO_AGENT)
+            console.print(
+                f"mutual TLS: internal CA and gateway certificate "
+                f"(sha256 {fingerprint(server_cert.certificate)[:23]}…), client certificate "
+                f"CN={DEMO_AGENT}, URI spiffe://agentzt/agent/{DEMO_AGENT}"
+            )
         gateway_sock = bind("127.0.0.1", 0)
-        gateway = Gateway(paths, public_url=url_of(gateway_sock))
+        gateway_url = url_of(gateway_sock, "https" if mtls else "http")
+        gateway = Gateway(paths, public_url=gateway_url, settings=settings)
         proxy_sock = bind("127.0.0.1", 0)
         proxy = create_proxy_app(
             agent_id=DEMO_AGENT,
             key=read_private_key(paths.identity_key(DEMO_AGENT)),
-            gateway_url=url_of(gateway_sock),
+            gateway_url=gateway_url,
+            tls=client_tls,
         )
-        with running(create_app(gateway), gateway_sock) as gw, running(proxy, proxy_sock) as px:
+        with (
+            running(create_app(gateway), gateway_sock, server_tls) as gw,
+            running(proxy, proxy_sock) as px,
+        ):
+            link = "mutual TLS 1.3" if mtls else "plain HTTP on loopback"
             console.print(
-                f"gateway {gw.url}   client proxy {px.url}   (agent SDK base_url = proxy)\n"
+                f"gateway {gw.url}   client proxy {px.url}   (agent SDK base_url = proxy; "
+                f"proxy → gateway over {link})\n"
             )
             outcomes = agent.run(px.url)
+            refused = _anonymous_refused(gw.url, files.ca_cert) if mtls else None
         elapsed = time.perf_counter() - started
         ok = _render_steps(outcomes)
         events = read_events(paths.audit_log)
+        if mtls:
+            ok = _render_mtls(events, refused) and ok
         console.print(events_table(events, "Audit trail of this run"))
         try:
             report = verify_chain(paths.audit_log)
@@ -150,6 +192,44 @@ def demo_cmd() -> None:
     console.print(f"{verdict} ({elapsed:.2f} s)")
     if not ok:
         raise typer.Exit(1)
+
+
+def _anonymous_refused(url: str, ca: Path) -> str | None:
+    """How the gateway refused a connection that shows no client certificate (None if it
+    answered). Under TLS 1.3 the refusal arrives just after the client's handshake."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=ca)
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            answer = conn.recv(1024)
+    except (ssl.SSLError, OSError) as exc:
+        return str(getattr(exc, "reason", None) or type(exc).__name__)
+    return None if answer else "connection closed"
+
+
+def _render_mtls(events: list[dict[str, object]], refused: str | None) -> bool:
+    """The mTLS evidence: every token bound to the client certificate, anonymous refused."""
+    metas = [e.get("meta") for e in events if e.get("action") == "token.issue"]
+    bound = [
+        str(m["cnf"].get("x5t#S256"))
+        for m in metas
+        if isinstance(m, dict) and isinstance(m.get("cnf"), dict)
+    ]
+    all_bound = bool(metas) and len(bound) == len(metas)
+    mark = {True: "[green]✓[/]", False: "[red]✗[/]"}
+    thumbprint = f" (cnf x5t#S256 {bound[0][:16]}…)" if bound else ""
+    console.print(
+        f"{mark[all_bound]} {len(bound)} of {len(metas)} access tokens bound to the "
+        f"client certificate{thumbprint}\n"
+        f"{mark[refused is not None]} a connection without a client certificate: "
+        f"{'refused (' + refused + ')' if refused else 'ANSWERED'}"
+    )
+    return all_bound and refused is not None
 
 
 def _detail(expected: Expectation, outcome: object, body: str) -> str:

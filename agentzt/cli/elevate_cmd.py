@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from agentzt.cli import app, paths_of
-from agentzt.cli.serve_cmds import DEFAULT_GATEWAY
+from agentzt.cli.serve_cmds import DEFAULT_GATEWAY, PinOption
+from agentzt.cli.tls_cmd import proxy_tls
 from agentzt.errors import UsageError
 from agentzt.identity import read_private_key
 from agentzt.identity.registry import check_agent_id
@@ -28,9 +29,13 @@ def elevate_cmd(
         int | None, typer.Option("--ttl", min=1, help="Seconds; capped by the role.")
     ] = None,
     gateway: Annotated[
-        str, typer.Option("--gateway", envvar="AGENTZT_GATEWAY_URL", help="Gateway base URL.")
+        str,
+        typer.Option(
+            "--gateway", envvar="AGENTZT_GATEWAY_URL", help="Gateway base URL (https: mutual TLS)."
+        ),
     ] = DEFAULT_GATEWAY,
     as_json: Annotated[bool, typer.Option("--json", help="Print the gateway's answer.")] = False,
+    tls_pin: PinOption = None,
 ) -> None:
     """Request a JIT grant as that agent and print it (the grant alone on stdout)."""
     check_agent_id(agent)
@@ -44,12 +49,16 @@ def elevate_cmd(
         raise UsageError("--reason must not be empty")
     if not gateway.startswith(("http://", "https://")):
         raise UsageError(f"--gateway {gateway[:80]!r} is not an http(s) URL")
-    key = read_private_key(paths_of(ctx).identity_key(agent))
+    paths = paths_of(ctx)
+    key = read_private_key(paths.identity_key(agent))
+    tls = proxy_tls(paths, agent, gateway, tls_pin)
     request: dict[str, Any] = {"kind": kind, "name": name, "reason": reason}
     if ttl is not None:
         request["ttl_seconds"] = ttl
     answer = asyncio.run(
-        request_grant(agent_id=agent, key=key, gateway=gateway.rstrip("/"), request=request)
+        request_grant(
+            agent_id=agent, key=key, gateway=gateway.rstrip("/"), request=request, tls=tls
+        )
     )
     if as_json:
         typer.echo(json.dumps(answer, indent=2))

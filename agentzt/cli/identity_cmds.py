@@ -10,8 +10,12 @@ from rich.table import Table
 
 from agentzt.cli import app, paths_of
 from agentzt.cli.output import console
+from agentzt.cli.tls_cmd import issue_for, tls_files
+from agentzt.errors import EnrollmentError
 from agentzt.identity import enroll, load_registry
+from agentzt.identity.registry import check_agent_id
 from agentzt.policy import load_policy
+from agentzt.tls import load_ca
 
 
 @app.command("enroll")
@@ -21,10 +25,20 @@ def enroll_cmd(
     role: Annotated[str, typer.Option("--role", help="A role from policy.toml.")],
     description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing agent.")] = False,
+    mtls: Annotated[
+        bool, typer.Option("--mtls", help="Also issue a client certificate from the agentzt CA.")
+    ] = False,
 ) -> None:
     """Create a keypair and a registry entry for an agent."""
     paths = paths_of(ctx)
     policy = load_policy(paths.policy_toml)
+    if mtls:
+        # Checked first, so that a missing CA or an existing certificate writes nothing.
+        check_agent_id(agent)
+        load_ca(tls_files(paths))
+        cert = tls_files(paths).client_cert(agent)
+        if cert.exists() and not force:
+            raise EnrollmentError(f"{cert} already exists; pass --force to replace it")
     record = enroll(
         registry_path=paths.agents_toml,
         key_path=paths.identity_key(agent),
@@ -40,6 +54,13 @@ def enroll_cmd(
         f"  public key   {record.public_key.b64url}\n"
         f"  registry     {paths.agents_toml}"
     )
+    if mtls:
+        issued = issue_for(paths, agent, force=True)
+        console.print(
+            f"  client cert  {tls_files(paths).client_cert(agent)} (CN={agent}, "
+            f"spiffe://agentzt/agent/{agent}), valid until "
+            f"{issued.certificate.not_valid_after_utc:%Y-%m-%d}"
+        )
 
 
 @app.command("agents")

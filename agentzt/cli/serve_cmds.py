@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -12,14 +13,28 @@ import typer
 
 from agentzt.cli import app, paths_of
 from agentzt.cli.supervise import Child, supervise
-from agentzt.config import load_gateway_settings
+from agentzt.cli.tls_cmd import PIN_ENV, proxy_tls, tls_files
+from agentzt.config import TlsSettings, load_gateway_settings
 from agentzt.errors import UsageError
 from agentzt.identity import read_private_key
 from agentzt.identity.registry import check_agent_id
 from agentzt.server import bind, serve_forever, url_of
+from agentzt.tls import client_context, server_context
 
 HostOption = Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")]
+MtlsOption = Annotated[
+    bool, typer.Option("--mtls", help="Mutual TLS between proxy and gateway (agentzt tls init).")
+]
+PinOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-pin",
+        envvar=PIN_ENV,
+        help="SHA-256 fingerprint the gateway certificate must have (with --mtls).",
+    ),
+]
 DEFAULT_GATEWAY = "http://127.0.0.1:8700"
+DEFAULT_TLS_GATEWAY = "https://127.0.0.1:8700"
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -38,6 +53,7 @@ def gateway_cmd(
     ctx: typer.Context,
     host: HostOption = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8700,
+    mtls: MtlsOption = False,
 ) -> None:
     """Run the gateway (policy decision and enforcement point) in the foreground."""
     from agentzt.gateway import Gateway, create_app
@@ -45,10 +61,15 @@ def gateway_cmd(
     _logging()
     paths = paths_of(ctx)
     settings = load_gateway_settings(paths.gateway_toml)
+    if mtls:
+        settings = dataclasses.replace(settings, tls=TlsSettings(mode="mtls"))
+    tls = server_context(tls_files(paths)) if settings.tls.mtls else None
     sock = _bind(host, port, "gateway")
-    gateway = Gateway(paths, public_url=url_of(sock), settings=settings)
-    typer.echo(f"agentzt gateway on {url_of(sock)} (issuer {gateway.issuer})", err=True)
-    serve_forever(create_app(gateway), sock)
+    url = url_of(sock, "https" if tls else "http")
+    gateway = Gateway(paths, public_url=url, settings=settings)
+    channel = "mutual TLS, client certificate required" if tls else "plain HTTP"
+    typer.echo(f"agentzt gateway on {url} ({channel}; issuer {gateway.issuer})", err=True)
+    serve_forever(create_app(gateway), sock, tls)
 
 
 @app.command("client")
@@ -60,21 +81,35 @@ def client_cmd(
     host: HostOption = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8787,
     gateway: Annotated[
-        str, typer.Option("--gateway", envvar="AGENTZT_GATEWAY_URL", help="Gateway base URL.")
-    ] = DEFAULT_GATEWAY,
+        str | None,
+        typer.Option(
+            "--gateway",
+            envvar="AGENTZT_GATEWAY_URL",
+            help="Gateway base URL (https means mutual TLS).",
+            show_default=DEFAULT_GATEWAY,
+        ),
+    ] = None,
+    mtls: MtlsOption = False,
+    tls_pin: PinOption = None,
 ) -> None:
     """Run the client proxy for one agent in the foreground."""
     from agentzt.proxy import create_proxy_app
 
     _logging()
     check_agent_id(agent)
+    gateway = gateway or (DEFAULT_TLS_GATEWAY if mtls else DEFAULT_GATEWAY)
     if not gateway.startswith(("http://", "https://")):
         raise UsageError(f"--gateway {gateway[:80]!r} is not an http(s) URL")
+    if mtls and not gateway.startswith("https://"):
+        raise UsageError(f"--mtls needs an https gateway URL, not {gateway[:80]}")
     paths = paths_of(ctx)
     key = read_private_key(paths.identity_key(agent))
+    tls = proxy_tls(paths, agent, gateway, tls_pin)
+    proxy = create_proxy_app(agent_id=agent, key=key, gateway_url=gateway, tls=tls)
     sock = _bind(host, port, "client proxy")
-    typer.echo(f"agentzt client proxy for {agent} on {url_of(sock)} → {gateway}", err=True)
-    serve_forever(create_proxy_app(agent_id=agent, key=key, gateway_url=gateway), sock)
+    channel = " (mutual TLS" + (", pinned)" if tls_pin else ")") if tls else ""
+    typer.echo(f"agentzt client proxy for {agent} on {url_of(sock)} → {gateway}{channel}", err=True)
+    serve_forever(proxy, sock)
 
 
 @app.command("up")
@@ -84,6 +119,8 @@ def up_cmd(
     host: HostOption = "127.0.0.1",
     gateway_port: Annotated[int, typer.Option("--gateway-port", min=1, max=65535)] = 8700,
     client_port: Annotated[int, typer.Option("--client-port", min=1, max=65535)] = 8787,
+    mtls: MtlsOption = False,
+    tls_pin: PinOption = None,
 ) -> None:
     """Run gateway and client proxy as one supervised process tree."""
     check_agent_id(agent)
@@ -92,6 +129,12 @@ def up_cmd(
         raise UsageError(
             f"no key for agent {agent!r} at {paths.identity_key(agent)}; run agentzt enroll first"
         )
+    if tls_pin and not mtls:
+        raise UsageError("--tls-pin needs --mtls")
+    # Checked here, so that missing certificates are one clear line, not a child's death.
+    health_tls = client_context(tls_files(paths), agent) if mtls else None
+    if mtls:
+        server_context(tls_files(paths))
     base = [
         sys.executable,
         "-m",
@@ -101,12 +144,16 @@ def up_cmd(
         "--home",
         str(paths.home),
     ]
-    gateway_url = f"http://{host}:{gateway_port}"
+    scheme = "https" if mtls else "http"
+    url_host = f"[{host}]" if ":" in host else host
+    gateway_url = f"{scheme}://{url_host}:{gateway_port}"
+    tls_flags = ["--mtls"] if mtls else []
     children = [
         Child(
             "gateway",
-            [*base, "gateway", "--host", host, "--port", str(gateway_port)],
+            [*base, "gateway", "--host", host, "--port", str(gateway_port), *tls_flags],
             f"{gateway_url}/healthz",
+            tls=health_tls,
         ),
         Child(
             "client proxy",
@@ -121,14 +168,19 @@ def up_cmd(
                 str(client_port),
                 "--gateway",
                 gateway_url,
+                *tls_flags,
             ],
-            f"http://{host}:{client_port}/healthz",
+            f"http://{url_host}:{client_port}/healthz",
         ),
     ]
     typer.echo(
-        f"agentzt up: gateway {gateway_url}, client proxy http://{host}:{client_port} for {agent}\n"
-        f"  point your agent at it: ANTHROPIC_BASE_URL=http://{host}:{client_port}",
+        f"agentzt up: gateway {gateway_url}, client proxy http://{url_host}:{client_port} "
+        f"for {agent}{' over mutual TLS' if mtls else ''}\n"
+        f"  point your agent at it: ANTHROPIC_BASE_URL=http://{url_host}:{client_port}",
         err=True,
     )
-    code = supervise(children, env=dict(os.environ))
+    env = dict(os.environ)
+    if tls_pin:
+        env[PIN_ENV] = tls_pin
+    code = supervise(children, env=env)
     raise typer.Exit(code)

@@ -7,6 +7,7 @@ others, and the tree exits 1 saying which child died and with what code.
 from __future__ import annotations
 
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,11 +24,13 @@ class Child:
     argv: list[str]
     health_url: str
     process: subprocess.Popen[bytes] | None = None
+    # For an https health URL: the client certificate and CA to check it with.
+    tls: ssl.SSLContext | None = None
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, tls: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (our own loopback URL)
+        with urllib.request.urlopen(url, timeout=1, context=tls) as resp:  # noqa: S310 (our loopback URL)
             return bool(resp.status == 200)
     except OSError:
         return False
@@ -66,7 +69,7 @@ def supervise(children: list[Child], *, env: dict[str, str]) -> int:
         for child in children:
             child.process = subprocess.Popen(child.argv, env=env)
             deadline = time.monotonic() + READY_TIMEOUT
-            while not _ready(child.health_url):
+            while not _ready(child.health_url, child.tls):
                 if stopping:
                     return _shutdown(children)
                 dead = _died(children)

@@ -95,9 +95,12 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
     if "client_id" in form and form["client_id"] != agent_id:
         reason = "client_id does not match the assertion's subject"
         raise InvalidRequestError(reason, message=reason)
-    access_token, claims = gw.issuer_of_tokens.issue(agent_id, role.name, granted)
+    x5t = gw.certificate_binding(request, agent_id)
+    access_token, claims = gw.issuer_of_tokens.issue(agent_id, role.name, granted, x5t=x5t)
     call.reason = f"issued to {agent_id} for role {role.name}"
     call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
+    if x5t is not None:
+        call.meta["cnf"] = {"x5t#S256": x5t}
     return json_response(
         {
             "access_token": access_token,

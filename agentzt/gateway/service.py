@@ -6,6 +6,7 @@ loaded here, so a request does lookups and checks only.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ from agentzt.policy import Decision, DecisionRequest, Policy, Resource, decide, 
 from agentzt.policy.abac import check_hours, check_risk
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.policy.model import Role
+from agentzt.tls.peer import PEER_SCOPE_KEY, PeerCert
 from agentzt.tools import ToolBox, default_toolbox
 
 log = logging.getLogger("agentzt.gateway")
@@ -61,6 +63,7 @@ class Gateway:
         self.issuer = (self.settings.issuer or public_url).rstrip("/")
         self.token_endpoint = f"{self.issuer}/v1/token"
         self.clock = clock
+        self.mtls = self.settings.tls.mtls
         # Built first: a configuration error must stop start-up before any file is written.
         self.guard = Guard(self.settings.guardrails, env, source=str(paths.gateway_toml))
         self.policy: Policy = load_policy(paths.policy_toml)
@@ -130,11 +133,56 @@ class Gateway:
         claims = self.verifier.verify(token.strip())
         call.agent_id, call.role = claims.agent_id, claims.role
         call.meta["jti"] = claims.jti
+        self._check_channel(request, claims)
         # IMPORTANT: the registry is consulted on every call, so disabling an agent or
         # changing its role takes effect at once, not when its tokens expire.
         if self.registry.active(claims.agent_id).role != claims.role:
             raise AuthenticationError("the agent's registered role changed since issuance")
         return claims
+
+    def certificate_binding(self, request: Request, agent_id: str) -> str | None:
+        """Step 0 at the token endpoint: the thumbprint to bind a new token to (mTLS only).
+
+        The client certificate must name the agent the assertion proved, so one agent's
+        certificate cannot carry another agent's tokens.
+        """
+        if not self.mtls:
+            return None
+        peer = peer_of(request)
+        if peer is None:
+            raise AuthenticationError(
+                "mutual TLS is on but the connection has no client certificate"
+            )
+        if peer.agent_id != agent_id:
+            raise AuthenticationError(
+                f"the client certificate ({peer.common_name!r}) does not name agent {agent_id}",
+                message="the client certificate does not name the authenticated agent",
+            )
+        return peer.thumbprint
+
+    def _check_channel(self, request: Request, claims: AccessClaims) -> None:
+        """Step 0 on every call: a certificate-bound token (RFC 8705) is good only on a
+        connection made with that very certificate, not merely one with the same name."""
+        if claims.x5t is None and not self.mtls:
+            return
+        message = (
+            "channel binding mismatch: the token is not bound to this connection's certificate"
+        )
+        peer = peer_of(request)
+        if peer is None:
+            raise AuthenticationError(
+                "certificate-bound token over a connection without one", message=message
+            )
+        if claims.x5t is None:
+            raise AuthenticationError(
+                "mutual TLS is on and the token is not certificate-bound", message=message
+            )
+        if not hmac.compare_digest(claims.x5t, peer.thumbprint):
+            raise AuthenticationError(
+                "the token is bound to another client certificate", message=message
+            )
+        if peer.agent_id != claims.agent_id:
+            raise AuthenticationError("the client certificate names another agent", message=message)
 
     def authorize(
         self, request: Request, call: Call, claims: AccessClaims, role: Role, resource: Resource
@@ -235,3 +283,9 @@ class Gateway:
         """Names of ``kind`` ("model" or "tool") this token may use under the live role."""
         names = role.models if kind == "model" else role.tools
         return [n for n in names if f"{kind}:{n}" in claims.scope]
+
+
+def peer_of(request: Request) -> PeerCert | None:
+    """The verified client certificate of the connection this request came on, if any."""
+    peer = request.scope.get("extensions", {}).get(PEER_SCOPE_KEY)
+    return peer if isinstance(peer, PeerCert) else None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +12,7 @@ import tomli_w
 
 from agentzt.config import Table, read_toml
 from agentzt.errors import ConfigError, EnrollmentError, UnknownAgentError, UsageError
+from agentzt.files import write_atomically
 from agentzt.identity.keys import SigningKey, VerifyKey, write_private_key
 
 AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -116,21 +115,6 @@ class Registry:
         return record
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def enroll(
     *,
     registry_path: Path,
@@ -173,7 +157,7 @@ def enroll(
     staged.unlink(missing_ok=True)
     write_private_key(staged, key)
     try:
-        _write_atomically(registry_path, registry_bytes, 0o644)
+        write_atomically(registry_path, registry_bytes, 0o644)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise

@@ -20,6 +20,8 @@ Clock = Callable[[], float]
 CLOCK_SKEW_SECONDS = 30
 ASSERTION_TYP = frozenset({"", "jwt"})
 ACCESS_TOKEN_TYP = frozenset({"at+jwt"})
+# base64url of a SHA-256 digest, no padding.
+X5T_LENGTH = 43
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -117,6 +119,8 @@ class AccessClaims:
     jti: str
     iat: int
     exp: int
+    # RFC 8705: the x5t#S256 thumbprint of the client certificate the token is bound to.
+    x5t: str | None = None
 
 
 class AccessTokenIssuer:
@@ -127,7 +131,10 @@ class AccessTokenIssuer:
         self._clock = clock
         self._headers = {"typ": "at+jwt", "kid": key.public.kid}
 
-    def issue(self, agent_id: str, role: str, scope: list[str]) -> tuple[str, AccessClaims]:
+    def issue(
+        self, agent_id: str, role: str, scope: list[str], *, x5t: str | None = None
+    ) -> tuple[str, AccessClaims]:
+        """A signed access token; with ``x5t``, bound to that client certificate."""
         now = int(self._clock())
         claims = AccessClaims(
             agent_id=agent_id,
@@ -136,8 +143,9 @@ class AccessTokenIssuer:
             jti=new_jti(),
             iat=now,
             exp=now + self._ttl,
+            x5t=x5t,
         )
-        payload = {
+        payload: dict[str, Any] = {
             "iss": self._issuer,
             "sub": agent_id,
             "aud": self._issuer,
@@ -148,6 +156,8 @@ class AccessTokenIssuer:
             "exp": claims.exp,
             "jti": claims.jti,
         }
+        if x5t is not None:
+            payload["cnf"] = {"x5t#S256": x5t}
         return jws.encode(payload, self._key, headers=self._headers), claims
 
 
@@ -212,4 +222,22 @@ class AccessTokenVerifier:
             jti=claims["jti"],
             iat=int(claims["iat"]),
             exp=int(claims["exp"]),
+            x5t=_confirmation(claims),
         )
+
+
+def _confirmation(claims: Mapping[str, Any]) -> str | None:
+    """The certificate thumbprint in ``cnf``, if the token carries one.
+
+    IMPORTANT: a ``cnf`` this gateway cannot check (another member, another shape) is
+    refused: a token bound to something we cannot verify must not pass as a bearer token.
+    """
+    if "cnf" not in claims:
+        return None
+    cnf = claims["cnf"]
+    if not isinstance(cnf, dict) or set(cnf) != {"x5t#S256"}:
+        raise MissingClaimError("cnf must hold exactly x5t#S256")
+    thumbprint = cnf["x5t#S256"]
+    if not isinstance(thumbprint, str) or len(thumbprint) != X5T_LENGTH:
+        raise MissingClaimError("cnf x5t#S256 is not a SHA-256 thumbprint")
+    return thumbprint

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -18,9 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentzt.errors import AgentztError, InvalidRequestError, NotFoundError, UpstreamError
+from agentzt.errors import (
+    AgentztError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    UpstreamError,
+)
 from agentzt.identity import SigningKey
-from agentzt.proxy.session import TokenSession
+from agentzt.proxy.session import TokenSession, unreachable
 from agentzt.wire import REQUEST_ID_HEADER, error_response, json_response, read_body, request_id_of
 
 log = logging.getLogger("agentzt.proxy")
@@ -81,8 +88,18 @@ class _Link:
     session: TokenSession
 
 
-def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Starlette:
+def create_proxy_app(
+    *, agent_id: str, key: SigningKey, gateway_url: str, tls: ssl.SSLContext | None = None
+) -> Starlette:
+    """The proxy for ``agent_id``; with ``tls`` (from ``agentzt.tls.client_context``) it
+    speaks mutual TLS to an https gateway."""
     gateway = gateway_url.rstrip("/")
+    if gateway.startswith("https://") and tls is None:
+        # IMPORTANT: never fall back to the system trust store for the gateway.
+        raise ConfigError(
+            f"gateway {gateway} is https: the proxy needs the agentzt CA and the agent's "
+            "client certificate (run with --mtls)"
+        )
     link = _Link()
 
     async def send(
@@ -93,7 +110,7 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
                 payload = await resp.read()
                 return resp.status, list(resp.headers.items()), payload
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
+            raise unreachable(exc) from exc
 
     async def exchange(
         request: Request,
@@ -195,7 +212,7 @@ def create_proxy_app(*, agent_id: str, key: SigningKey, gateway_url: str) -> Sta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, ssl=tls or True)
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             link.http = http

@@ -7,6 +7,7 @@ or the disk.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,23 @@ import aiohttp
 from agentzt.errors import AuthenticationError, UpstreamError
 from agentzt.identity import CLIENT_ASSERTION_TYPE, SigningKey, make_assertion
 
+log = logging.getLogger("agentzt.proxy")
 Clock = Callable[[], float]
 # Refresh once this share of a token's lifetime has passed, well before it expires.
 REFRESH_AT = 0.8
+
+
+def unreachable(exc: BaseException, what: str = "gateway unreachable") -> UpstreamError:
+    """The proxy's error for a failed connection to the gateway, naming a TLS refusal
+    (an untrusted or unpinned certificate) plainly, since that one needs the operator."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        log.error("refused the gateway's TLS certificate: %s", exc.certificate_error)
+        detail = f"{what}: TLS certificate refused: {exc.certificate_error}"
+        return UpstreamError(detail, message=detail)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        log.error("TLS with the gateway failed: %s", exc)
+        return UpstreamError(f"{what}: TLS failed: {exc}", message=f"{what}: TLS failed")
+    return UpstreamError(f"{what}: {type(exc).__name__}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,7 @@ class TokenSession:
             async with self._http.get(url) as resp:
                 body = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError(f"gateway unreachable: {type(exc).__name__}") from exc
+            raise unreachable(exc) from exc
         if not isinstance(body, dict):
             raise UpstreamError("gateway metadata is not a JSON object")
         return body
@@ -104,7 +119,7 @@ class TokenSession:
                 status = resp.status
                 body = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError(f"token request failed: {type(exc).__name__}") from exc
+            raise unreachable(exc, "token request failed") from exc
         if status != 200 or not isinstance(body, dict) or "access_token" not in body:
             error = body.get("error") if isinstance(body, dict) else None
             raise AuthenticationError(f"gateway refused the token request ({status} {error})")
