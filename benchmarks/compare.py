@@ -2,10 +2,11 @@
 through the bare pass-through chain with each HTTP client, same load, same machine.
 
     python -m benchmarks.compare [--seconds 10] [--connections 8]
-                                 [--only agentzt,agentzt-noguard,aiohttp,httpx]
+                                 [--only agentzt,agentzt-mtls,agentzt-noguard,aiohttp,httpx]
 
 ``agentzt-noguard`` is the same chain with the input and output guardrails switched off,
-so the difference between the two is what the guardrails cost a call.
+so the difference between the two is what the guardrails cost a call; ``agentzt-mtls``
+is the full chain with the proxy↔gateway link over mutual TLS and certificate-bound tokens.
 
 Each chain runs as separate server processes; the load generator is a third process.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,11 +51,11 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(url: str, timeout: float = 20.0) -> None:
+def wait_ready(url: str, timeout: float = 20.0, tls: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our loopback URL)
+            with urllib.request.urlopen(url, timeout=1, context=tls):  # noqa: S310 (loopback)
                 return
         except OSError as exc:
             if getattr(exc, "code", None) is not None:
@@ -128,21 +130,27 @@ review = false
 """
 
 
-def agentzt(seconds: float, connections: int, gateway_toml: str = "") -> dict[str, float]:
+def agentzt(
+    seconds: float, connections: int, gateway_toml: str = "", mtls: bool = False
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="agentzt-bench-") as tmp:
         config, home = Path(tmp) / "config", Path(tmp) / "home"
         config.mkdir()
         (config / "policy.toml").write_text(BENCH_POLICY)
         (config / "gateway.toml").write_text(gateway_toml)
         base = [sys.executable, "-m", "agentzt", "--config", str(config), "--home", str(home)]
+        tls_flag = ["--mtls"] if mtls else []
+        if mtls:
+            subprocess.run([*base, "tls", "init"], check=True, capture_output=True)
         subprocess.run(
-            [*base, "enroll", "--agent", "bench-1", "--role", "bench-agent"],
+            [*base, "enroll", "--agent", "bench-1", "--role", "bench-agent", *tls_flag],
             check=True,
             capture_output=True,
         )
         gw, px = free_port(), free_port()
+        scheme = "https" if mtls else "http"
         with processes(
-            [*base, "gateway", "--port", str(gw)],
+            [*base, "gateway", "--port", str(gw), *tls_flag],
             [
                 *base,
                 "client",
@@ -151,10 +159,18 @@ def agentzt(seconds: float, connections: int, gateway_toml: str = "") -> dict[st
                 "--port",
                 str(px),
                 "--gateway",
-                f"http://127.0.0.1:{gw}",
+                f"{scheme}://127.0.0.1:{gw}",
+                *tls_flag,
             ],
         ):
-            wait_ready(f"http://127.0.0.1:{gw}/healthz")
+            health_tls = None
+            if mtls:
+                health_tls = ssl.create_default_context(cafile=str(home / "tls" / "ca.crt"))
+                health_tls.load_cert_chain(
+                    home / "tls" / "clients" / "bench-1.crt",
+                    home / "tls" / "clients" / "bench-1.key",
+                )
+            wait_ready(f"{scheme}://127.0.0.1:{gw}/healthz", tls=health_tls)
             wait_ready(f"http://127.0.0.1:{px}/healthz")
             return load(f"http://127.0.0.1:{px}/v1/messages", seconds, connections)
 
@@ -168,15 +184,23 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for name in args.only.split(","):
         if name == "agentzt":
-            results["agentzt (proxy+gateway, aiohttp hop)"] = agentzt(
-                args.seconds, args.connections
+            label, result = (
+                "agentzt (proxy+gateway, aiohttp hop)",
+                agentzt(args.seconds, args.connections),
             )
+        elif name == "agentzt-mtls":
+            label = "agentzt over mutual TLS"
+            result = agentzt(args.seconds, args.connections, mtls=True)
         elif name == "agentzt-noguard":
-            results["agentzt, guardrails off"] = agentzt(
-                args.seconds, args.connections, NO_GUARDRAILS
+            label, result = (
+                "agentzt, guardrails off",
+                agentzt(args.seconds, args.connections, NO_GUARDRAILS),
             )
         else:
-            results[f"bare chain, {name} hop"] = bare(name, args.seconds, args.connections)
+            label, result = f"bare chain, {name} hop", bare(name, args.seconds, args.connections)
+        # A chain named twice keeps both rounds, which shows the run-to-run spread.
+        rounds = sum(1 for key in results if key.split(" #")[0] == label)
+        results[f"{label} #{rounds + 1}" if rounds else label] = result
     print(f"{'chain':42} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
         print(

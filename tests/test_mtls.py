@@ -598,3 +598,47 @@ def test_missing_tls_files_are_a_clear_config_error(paths: Paths) -> None:
     init_ca(files, now=NOW)
     with pytest.raises(ConfigError, match="tls issue --agent agent-9"):
         client_context(files, "agent-9")
+
+
+def test_a_gateway_in_mtls_mode_served_without_tls_issues_nothing(paths: Paths) -> None:
+    """Misconfigured (mTLS on, but no TLS in front): fail closed rather than issue bearer tokens."""
+    key = enroll_agent(paths, "agent-1", "demo-agent")
+    sock = bind("127.0.0.1", 0)
+    gateway = Gateway(paths, public_url=url_of(sock), settings=mtls_settings())
+    with running(create_app(gateway), sock) as server:
+        assertion = make_assertion(
+            key, "agent-1", audience=gateway.token_endpoint, now=gateway.clock()
+        )
+        resp = httpx.post(
+            f"{server.url}/v1/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": assertion,
+            },
+        )
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "invalid_client"
+
+
+def test_the_h11_fallback_also_exposes_the_peer(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agentzt.server
+
+    monkeypatch.setattr(agentzt.server, "HAS_HTTPTOOLS", False)
+    files = TlsFiles(paths.tls_dir)
+    init_ca(files, now=NOW)
+    issue_client_files(files, "agent-3", now=NOW)
+    seen: list[object] = []
+
+    async def echo(request: Request) -> JSONResponse:
+        seen.append(request.scope.get("extensions", {}).get(PEER_SCOPE_KEY))
+        return JSONResponse({})
+
+    sock = bind("127.0.0.1", 0)
+    context = tls_client(files, files.client_cert("agent-3"), files.client_key("agent-3"))
+    with running(Starlette(routes=[Route("/", echo)]), sock, server_context(files)) as server:
+        assert httpx.get(server.url + "/", verify=context).status_code == 200
+    assert isinstance(seen[0], PeerCert)
+    assert seen[0].agent_id == "agent-3"
