@@ -19,7 +19,7 @@ from agentzt.errors import UsageError
 from agentzt.identity import read_private_key
 from agentzt.identity.registry import check_agent_id
 from agentzt.server import bind, serve_forever, url_of
-from agentzt.tls import client_context, server_context
+from agentzt.tls import client_context, parse_pin, server_context
 
 HostOption = Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")]
 MtlsOption = Annotated[
@@ -131,7 +131,11 @@ def up_cmd(
         )
     if tls_pin and not mtls:
         raise UsageError("--tls-pin needs --mtls")
-    # Checked here, so that missing certificates are one clear line, not a child's death.
+    # Checked here, so that a bad pin or missing certificates are one clear line, not a
+    # child's death.
+    if tls_pin:
+        parse_pin(tls_pin)
+    # The health check is unpinned: the pin is the proxy's to enforce, on every connection.
     health_tls = client_context(tls_files(paths), agent) if mtls else None
     if mtls:
         server_context(tls_files(paths))

@@ -83,9 +83,11 @@ def _check_pin(connection: ssl.SSLObject | ssl.SSLSocket, pin: bytes) -> None:
     der = connection.getpeercert(binary_form=True) or b""
     seen = hashlib.sha256(der).digest()
     if not hmac.compare_digest(seen, pin):
+        # (errno, message): with one argument, str() of an SSLError shows a tuple.
         raise ssl.SSLCertVerificationError(
+            1,
             f"the gateway certificate (sha256 {seen.hex()[:16]}…) is not the pinned one "
-            f"(sha256 {pin.hex()[:16]}…); refusing to connect"
+            f"(sha256 {pin.hex()[:16]}…); refusing to connect",
         )
 
 
