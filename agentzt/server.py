@@ -120,8 +120,12 @@ class BackgroundServer:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
+        # The same event loop as the foreground server (uvloop when installed), so the
+        # demo and the tests run what production runs.
+        loop_factory = self._server.config.get_loop_factory()
         try:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(self._server.serve(sockets=[self._sock]))
         except BaseException as exc:
             self.error = exc
 

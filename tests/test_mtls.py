@@ -49,6 +49,7 @@ from agentzt.tls import (
 )
 from agentzt.tls.pki import (
     Issued,
+    issue_agent_certificate,
     issue_client,
     issue_server,
     load_ca,
@@ -212,7 +213,7 @@ def mtls(paths: Paths) -> Iterator[MtlsStack]:
     init_ca(files, now=NOW)
     for agent_id in ("agent-1", "agent-2"):
         enroll_agent(paths, agent_id, "demo-agent")
-        issue_client_files(files, agent_id, now=NOW)
+        issue_agent_certificate(files, paths.agents_toml, agent_id, now=NOW)
     sock = bind("127.0.0.1", 0)
     gateway = Gateway(paths, public_url=url_of(sock, "https"), settings=mtls_settings())
     with running(create_app(gateway), sock, server_context(files)) as server:
@@ -579,9 +580,10 @@ def test_the_client_context_trusts_no_system_root(mtls: MtlsStack) -> None:
         ("ab" * 33, False),
         ("", False),
         ("sha256/" + "ab" * 32, False),
+        ("sha256 Fingerprint=" + "AB:" * 31 + "AB", True),
     ],
     ids=["openssl-colons", "plain-hex", "padded", "short", "not-hex", "long", "empty",
-         "prefixed"],
+         "prefixed", "openssl-output"],
 )  # fmt: skip
 def test_parse_pin(text: str, ok: bool) -> None:
     if ok:
@@ -642,3 +644,112 @@ def test_the_h11_fallback_also_exposes_the_peer(
         assert httpx.get(server.url + "/", verify=context).status_code == 200
     assert isinstance(seen[0], PeerCert)
     assert seen[0].agent_id == "agent-3"
+
+
+# --- review findings: rotation, resumption, diagnosis --------------------------------
+
+
+def test_renewing_a_certificate_retires_the_old_one_and_its_tokens_at_once(
+    mtls: MtlsStack, tmp_path: Path
+) -> None:
+    old_context = mtls.context_for("agent-1")
+    old_token = mtls.token("agent-1", old_context).json()["access_token"]
+    assert _call(mtls, old_context, old_token).status_code == 200
+    # Keep the old certificate and key aside, then renew.
+    old_cert, old_key = tmp_path / "old.crt", tmp_path / "old.key"
+    old_cert.write_bytes(mtls.files.client_cert("agent-1").read_bytes())
+    old_key.write_bytes(mtls.files.client_key("agent-1").read_bytes())
+    issue_agent_certificate(mtls.files, mtls.paths.agents_toml, "agent-1", now=NOW, force=True)
+    old_context = tls_client(mtls.files, old_cert, old_key)
+
+    resp = _call(mtls, old_context, old_token)
+    assert resp.status_code == 401
+    assert read_events(mtls.paths.audit_log)[-1]["reason"] == (
+        "the client certificate is no longer the agent's registered one"
+    )
+    assert mtls.token("agent-1", old_context).status_code == 401
+    new_context = mtls.context_for("agent-1")
+    new_token = mtls.token("agent-1", new_context).json()["access_token"]
+    assert _call(mtls, new_context, new_token).status_code == 200
+
+
+def test_a_ca_signed_certificate_that_is_not_registered_gets_no_token(
+    mtls: MtlsStack, tmp_path: Path
+) -> None:
+    stray = issue_client(load_ca(mtls.files), "agent-1", NOW)  # right CA, right name
+    context = tls_client(mtls.files, *save(stray, tmp_path, "stray"))
+    resp = mtls.token("agent-1", context)
+    assert resp.status_code == 401
+    event = read_events(mtls.paths.audit_log)[-1]
+    assert event["action"] == "token.reject"
+    assert event["meta"]["peer"]["agent"] == "agent-1"
+    assert event["meta"]["peer"]["x5t#S256"] == thumbprint(tmp_path / "stray.crt")
+
+
+def test_a_binding_failure_records_the_presenting_certificate(mtls: MtlsStack) -> None:
+    token = mtls.token("agent-1", mtls.context_for("agent-1")).json()["access_token"]
+    assert _call(mtls, mtls.context_for("agent-2"), token).status_code == 401
+    event = read_events(mtls.paths.audit_log)[-1]
+    assert event["agent_id"] == "agent-1"
+    assert event["meta"]["peer"] == {
+        "agent": "agent-2",
+        "x5t#S256": thumbprint(mtls.files.client_cert("agent-2")),
+    }
+
+
+def test_the_metadata_says_tokens_are_certificate_bound(mtls: MtlsStack) -> None:
+    with mtls.client(mtls.context_for("agent-1")) as http:
+        metadata = http.get("/.well-known/oauth-authorization-server").json()
+    assert metadata["tls_client_certificate_bound_access_tokens"] is True
+
+
+def test_the_gateway_resumes_no_tls_session(mtls: MtlsStack) -> None:
+    host, port = mtls.url.removeprefix("https://").rsplit(":", 1)
+    context = mtls.context_for("agent-1")
+
+    def connect(session: ssl.SSLSession | None) -> ssl.SSLSocket:
+        raw = socket.create_connection((host, int(port)), timeout=5)
+        conn = context.wrap_socket(raw, server_hostname=host, session=session)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        conn.recv(4096)  # tickets, if any, arrive with the first answer
+        return conn
+
+    first = connect(None)
+    session = first.session
+    first.close()
+    second = connect(session)
+    assert not second.session_reused
+    second.close()
+
+
+def test_the_client_context_refuses_an_expired_certificate_with_one_clear_line(
+    mtls: MtlsStack,
+) -> None:
+    later = NOW + dt.timedelta(days=91)
+    with pytest.raises(ConfigError, match=r"expired on .*tls issue --agent agent-1 --force"):
+        client_context(mtls.files, "agent-1", now=later)
+
+
+def test_the_client_context_warns_before_expiry(
+    mtls: MtlsStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    client_context(mtls.files, "agent-1", now=NOW + dt.timedelta(days=80))
+    assert "agent-1.crt expires on" in caplog.text
+
+
+def test_a_refused_client_certificate_is_named_by_the_proxy(
+    mtls: MtlsStack, tmp_path: Path
+) -> None:
+    # The agent's files hold a certificate from another CA: the gateway drops the
+    # connection after the handshake, and the agent must learn why, not "upstream failed".
+    files = TlsFiles(tmp_path / "agent-tls")
+    files.directory.mkdir()
+    files.ca_cert.write_bytes(mtls.files.ca_cert.read_bytes())
+    save(issue_client(make_ca(NOW), "agent-1", NOW), files.directory / "clients", "agent-1")
+    proxy = _proxy(mtls, client_context(files, "agent-1"))
+    try:
+        resp = httpx.post(f"{proxy.url}/v1/messages", json=MESSAGE, timeout=10)
+    finally:
+        proxy.stop()
+    assert resp.status_code == 502
+    assert "closed the TLS connection" in resp.json()["error"]["message"]

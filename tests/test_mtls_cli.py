@@ -33,6 +33,7 @@ from agentzt.audit import read_events
 from agentzt.config import Paths
 from agentzt.identity import load_registry
 from agentzt.tls import TlsFiles, init_ca, issue_client_files
+from agentzt.tls.pki import issue_agent_certificate
 
 MESSAGE = {
     "model": "claude-sonnet-4-6",
@@ -262,7 +263,7 @@ def test_tls_issue_refuses_an_agent_that_is_not_enrolled(paths: Paths) -> None:
 def test_tls_issue_renews_only_with_force(paths: Paths) -> None:
     files = make_ca(paths)
     enroll_agent(paths, "a1", "demo-agent")
-    issue_client_files(files, "a1", now=utcnow())
+    issue_agent_certificate(files, paths.agents_toml, "a1", now=utcnow())
     before = state(paths)
     old = cert(files.client_cert("a1"))
     old_key = files.client_key("a1").read_bytes()
@@ -331,18 +332,37 @@ BAD_PINS = [
     # Like a missing certificate, a malformed pin is bad usage of 'up' itself: one line,
     # exit 2, before any child starts (not the client proxy dying after the gateway is up).
     (["up", "--agent", "a1", "--mtls", "--tls-pin", "ZZZ"], "bad TLS pin 'ZZZ'"),
+    # A well-formed pin that is not the gateway certificate `up` is about to serve.
+    (
+        ["up", "--agent", "a1", "--mtls", "--tls-pin", HEX64],
+        "the TLS pin does not match the gateway certificate",
+    ),
+    # A bind address the gateway certificate does not name: refused before starting,
+    # instead of a health check that never passes.
+    (
+        ["up", "--agent", "a1", "--mtls", "--host", "127.0.0.2"],
+        "is not valid for 127.0.0.2 (only localhost, 127.0.0.1, ::1); add it with "
+        "'agentzt tls init --force --san 127.0.0.2'",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("command", "hint"),
     BAD_PINS,
-    ids=["client-malformed", "client-pin-on-http", "up-pin-no-mtls", "up-mtls-malformed"],
+    ids=[
+        "client-malformed",
+        "client-pin-on-http",
+        "up-pin-no-mtls",
+        "up-mtls-malformed",
+        "up-pin-mismatch",
+        "up-host-not-in-cert",
+    ],
 )
 def test_bad_tls_pin_is_bad_usage(paths: Paths, command: list[str], hint: str) -> None:
     files = make_ca(paths)
     enroll_agent(paths, "a1", "demo-agent")
-    issue_client_files(files, "a1", now=utcnow())
+    issue_agent_certificate(files, paths.agents_toml, "a1", now=utcnow())
     gw_port, client_port = free_port(), free_port()
     ports = (
         ["--gateway-port", str(gw_port), "--client-port", str(client_port)]
@@ -423,7 +443,7 @@ def test_up_mtls_end_to_end(
 ) -> None:
     files = make_ca(paths)
     enroll_agent(paths, "a1", "demo-agent")
-    issue_client_files(files, "a1", now=utcnow())
+    issue_agent_certificate(files, paths.agents_toml, "a1", now=utcnow())
     gw_port, client_port = free_port(), free_port()
     log = tmp_path / "up.stderr"
     proc = start(
@@ -472,7 +492,7 @@ def test_client_tls_pin_refuses_another_gateway_certificate(
 ) -> None:
     files = make_ca(paths)
     enroll_agent(paths, "a1", "demo-agent")
-    issue_client_files(files, "a1", now=utcnow())
+    issue_agent_certificate(files, paths.agents_toml, "a1", now=utcnow())
     server_digest = hashlib.sha256(der(files.server_cert)).digest()
     # A real certificate from the same CA setup, just not the gateway's.
     wrong_digest = hashlib.sha256(der(files.ca_cert)).digest()

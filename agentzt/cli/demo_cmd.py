@@ -37,9 +37,9 @@ from agentzt.tls import (
     client_context,
     fingerprint,
     init_ca,
-    issue_client_files,
     server_context,
 )
+from agentzt.tls.pki import issue_agent_certificate
 
 DEMO_AGENT = "demo-agent-1"
 
@@ -143,7 +143,7 @@ def demo_cmd(
         if mtls:
             now = dt.datetime.now(dt.UTC)
             _, server_cert = init_ca(files, now=now)
-            issue_client_files(files, DEMO_AGENT, now=now)
+            issue_agent_certificate(files, paths.agents_toml, DEMO_AGENT, now=now)
             settings = dataclasses.replace(settings, tls=TlsSettings(mode="mtls"))
             server_tls = server_context(files)
             client_tls = client_context(files, DEMO_AGENT)

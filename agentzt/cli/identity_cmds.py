@@ -10,12 +10,13 @@ from rich.table import Table
 
 from agentzt.cli import app, paths_of
 from agentzt.cli.output import console
-from agentzt.cli.tls_cmd import issue_for, tls_files
-from agentzt.errors import EnrollmentError
+from agentzt.cli.tls_cmd import now, tls_files
+from agentzt.errors import AgentztError, EnrollmentError
 from agentzt.identity import enroll, load_registry
 from agentzt.identity.registry import check_agent_id
 from agentzt.policy import load_policy
 from agentzt.tls import load_ca
+from agentzt.tls.pki import issue_client, thumbprint, write_issued
 
 
 @app.command("enroll")
@@ -32,13 +33,17 @@ def enroll_cmd(
     """Create a keypair and a registry entry for an agent."""
     paths = paths_of(ctx)
     policy = load_policy(paths.policy_toml)
+    files = tls_files(paths)
+    issued = None
     if mtls:
-        # Checked first, so that a missing CA or an existing certificate writes nothing.
+        # Issued in memory first, so that a missing CA or an existing certificate writes
+        # nothing, and the registry entry names the certificate from the start.
         check_agent_id(agent)
-        load_ca(tls_files(paths))
-        cert = tls_files(paths).client_cert(agent)
-        if cert.exists() and not force:
-            raise EnrollmentError(f"{cert} already exists; pass --force to replace it")
+        if files.client_cert(agent).exists() and not force:
+            raise EnrollmentError(
+                f"{files.client_cert(agent)} already exists; pass --force to replace it"
+            )
+        issued = issue_client(load_ca(files), agent, now())
     record = enroll(
         registry_path=paths.agents_toml,
         key_path=paths.identity_key(agent),
@@ -47,6 +52,7 @@ def enroll_cmd(
         known_roles=policy.roles,
         description=description,
         force=force,
+        certificate=thumbprint(issued.certificate) if issued else None,
     )
     console.print(
         f"enrolled [bold]{record.agent_id}[/] as [bold]{record.role}[/]\n"
@@ -54,10 +60,16 @@ def enroll_cmd(
         f"  public key   {record.public_key.b64url}\n"
         f"  registry     {paths.agents_toml}"
     )
-    if mtls:
-        issued = issue_for(paths, agent, force=True)
+    if issued is not None:
+        try:
+            write_issued(issued, files.client_cert(agent), files.client_key(agent))
+        except OSError as exc:
+            raise AgentztError(
+                f"enrolled {agent}, but its client certificate could not be written "
+                f"({exc.strerror}); run 'agentzt tls issue --agent {agent} --force'"
+            ) from exc
         console.print(
-            f"  client cert  {tls_files(paths).client_cert(agent)} (CN={agent}, "
+            f"  client cert  {files.client_cert(agent)} (CN={agent}, "
             f"spiffe://agentzt/agent/{agent}), valid until "
             f"{issued.certificate.not_valid_after_utc:%Y-%m-%d}"
         )

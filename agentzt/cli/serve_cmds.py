@@ -13,13 +13,13 @@ import typer
 
 from agentzt.cli import app, paths_of
 from agentzt.cli.supervise import Child, supervise
-from agentzt.cli.tls_cmd import PIN_ENV, proxy_tls, tls_files
+from agentzt.cli.tls_cmd import PIN_ENV, check_gateway_certificate, proxy_tls, tls_files
 from agentzt.config import TlsSettings, load_gateway_settings
 from agentzt.errors import UsageError
 from agentzt.identity import read_private_key
 from agentzt.identity.registry import check_agent_id
 from agentzt.server import bind, serve_forever, url_of
-from agentzt.tls import client_context, parse_pin, server_context
+from agentzt.tls import client_context, server_context
 
 HostOption = Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")]
 MtlsOption = Annotated[
@@ -35,6 +35,7 @@ PinOption = Annotated[
 ]
 DEFAULT_GATEWAY = "http://127.0.0.1:8700"
 DEFAULT_TLS_GATEWAY = "https://127.0.0.1:8700"
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 (names, not binds)
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -131,14 +132,15 @@ def up_cmd(
         )
     if tls_pin and not mtls:
         raise UsageError("--tls-pin needs --mtls")
-    # Checked here, so that a bad pin or missing certificates are one clear line, not a
-    # child's death.
-    if tls_pin:
-        parse_pin(tls_pin)
-    # The health check is unpinned: the pin is the proxy's to enforce, on every connection.
-    health_tls = client_context(tls_files(paths), agent) if mtls else None
+    # A wildcard bind is reached over loopback.
+    connect_host = WILDCARDS.get(host, host)
+    health_tls = None
     if mtls:
+        # Checked here, so that missing or mismatched certificates and a wrong pin are
+        # one clear line before anything starts, not a child's death or a dead proxy.
         server_context(tls_files(paths))
+        check_gateway_certificate(paths, connect_host, tls_pin)
+        health_tls = client_context(tls_files(paths), agent)
     base = [
         sys.executable,
         "-m",
@@ -149,7 +151,7 @@ def up_cmd(
         str(paths.home),
     ]
     scheme = "https" if mtls else "http"
-    url_host = f"[{host}]" if ":" in host else host
+    url_host = f"[{connect_host}]" if ":" in connect_host else connect_host
     gateway_url = f"{scheme}://{url_host}:{gateway_port}"
     tls_flags = ["--mtls"] if mtls else []
     children = [

@@ -28,12 +28,14 @@ class Child:
     tls: ssl.SSLContext | None = None
 
 
-def _ready(url: str, tls: ssl.SSLContext | None) -> bool:
+def _not_ready(url: str, tls: ssl.SSLContext | None) -> str | None:
+    """None once ``url`` answers 200, else why not (kept for the timeout message)."""
     try:
-        with urllib.request.urlopen(url, timeout=1, context=tls) as resp:  # noqa: S310 (our loopback URL)
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+        with urllib.request.urlopen(url, timeout=1, context=tls) as resp:  # noqa: S310 (loopback)
+            return None if resp.status == 200 else f"health check answered {resp.status}"
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return str(reason)
 
 
 def _stop_all(children: list[Child]) -> None:
@@ -69,7 +71,7 @@ def supervise(children: list[Child], *, env: dict[str, str]) -> int:
         for child in children:
             child.process = subprocess.Popen(child.argv, env=env)
             deadline = time.monotonic() + READY_TIMEOUT
-            while not _ready(child.health_url, child.tls):
+            while (problem := _not_ready(child.health_url, child.tls)) is not None:
                 if stopping:
                     return _shutdown(children)
                 dead = _died(children)
@@ -77,7 +79,7 @@ def supervise(children: list[Child], *, env: dict[str, str]) -> int:
                     why = (
                         "exited during start-up"
                         if dead
-                        else f"not ready after {READY_TIMEOUT:.0f} s"
+                        else f"was not ready after {READY_TIMEOUT:.0f} s (last: {problem})"
                     )
                     return _fail(children, dead or child, why)
                 time.sleep(0.05)

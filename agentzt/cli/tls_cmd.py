@@ -19,10 +19,9 @@ from agentzt.tls import (
     client_context,
     fingerprint,
     init_ca,
-    issue_client_files,
     parse_pin,
 )
-from agentzt.tls.pki import Issued, alt_names
+from agentzt.tls.pki import alt_names, issue_agent_certificate, read_certificate
 
 tls_app = typer.Typer(help="Internal CA and certificates for mutual TLS.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
@@ -66,10 +65,6 @@ def init_cmd(
     )
 
 
-def issue_for(paths: Paths, agent: str, *, force: bool) -> Issued:
-    return issue_client_files(tls_files(paths), agent, now=now(), force=force)
-
-
 @tls_app.command("issue")
 def issue_cmd(
     ctx: typer.Context,
@@ -78,16 +73,18 @@ def issue_cmd(
         bool, typer.Option("--force", help="Replace (renew) its certificate.")
     ] = False,
 ) -> None:
-    """Issue (or with --force renew) the client certificate of an enrolled agent."""
+    """Issue (or with --force renew) an enrolled agent's client certificate; any older
+    one stops working at once."""
     check_agent_id(agent)
     paths = paths_of(ctx)
     if agent not in load_registry(paths.agents_toml):
         raise UsageError(f"agent {agent!r} is not enrolled; run 'agentzt enroll' first")
-    issued = issue_for(paths, agent, force=force)
     files = tls_files(paths)
+    issued = issue_agent_certificate(files, paths.agents_toml, agent, now=now(), force=force)
     console.print(
         f"client certificate for [bold]{agent}[/]: {files.client_cert(agent)} "
-        f"(key 0600), valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}"
+        f"(key 0600), valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}; "
+        "the gateway accepts only this one for the agent from now on"
     )
 
 
@@ -98,3 +95,20 @@ def proxy_tls(paths: Paths, agent: str, gateway_url: str, pin: str | None) -> ss
             raise UsageError(f"a TLS pin needs an https gateway (--mtls), not {gateway_url[:80]}")
         return None
     return client_context(tls_files(paths), agent, pin=parse_pin(pin) if pin else None)
+
+
+def check_gateway_certificate(paths: Paths, host: str, pin: str | None) -> None:
+    """The gateway certificate must be valid for ``host`` and match ``pin``, if any."""
+    files = tls_files(paths)
+    certificate = read_certificate(files.server_cert)
+    names = alt_names(certificate)
+    if host not in names:
+        raise UsageError(
+            f"the gateway certificate {files.server_cert} is not valid for {host} "
+            f"(only {', '.join(names)}); add it with 'agentzt tls init --force --san {host}'"
+        )
+    if pin and parse_pin(pin) != bytes.fromhex(fingerprint(certificate).replace(":", "")):
+        raise UsageError(
+            f"the TLS pin does not match the gateway certificate {files.server_cert} "
+            f"(its fingerprint is {fingerprint(certificate)})"
+        )

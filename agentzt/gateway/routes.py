@@ -55,6 +55,8 @@ async def metadata(gw: Gateway, request: Request, call: Call) -> Response:
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
             "response_types_supported": [],
+            # RFC 8705 section 3.3: tokens issued over mutual TLS are bound to the cert.
+            "tls_client_certificate_bound_access_tokens": gw.mtls,
         }
     )
 
@@ -95,7 +97,7 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
     if "client_id" in form and form["client_id"] != agent_id:
         reason = "client_id does not match the assertion's subject"
         raise InvalidRequestError(reason, message=reason)
-    x5t = gw.certificate_binding(request, agent_id)
+    x5t = gw.certificate_binding(request, call, record)
     access_token, claims = gw.issuer_of_tokens.issue(agent_id, role.name, granted, x5t=x5t)
     call.reason = f"issued to {agent_id} for role {role.name}"
     call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})

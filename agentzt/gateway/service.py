@@ -35,6 +35,7 @@ from agentzt.identity import (
     load_or_create_signing_key,
 )
 from agentzt.identity.elevation import new_epoch
+from agentzt.identity.registry import AgentRecord
 from agentzt.policy import Decision, DecisionRequest, Policy, Resource, decide, load_policy
 from agentzt.policy.abac import check_hours, check_risk
 from agentzt.policy.load import RESOURCE_NAME
@@ -133,56 +134,66 @@ class Gateway:
         claims = self.verifier.verify(token.strip())
         call.agent_id, call.role = claims.agent_id, claims.role
         call.meta["jti"] = claims.jti
-        self._check_channel(request, claims)
-        # IMPORTANT: the registry is consulted on every call, so disabling an agent or
-        # changing its role takes effect at once, not when its tokens expire.
-        if self.registry.active(claims.agent_id).role != claims.role:
+        # IMPORTANT: the registry is consulted on every call, so disabling an agent,
+        # changing its role or renewing its certificate takes effect at once, not when
+        # its tokens expire.
+        record = self.registry.active(claims.agent_id)
+        if record.role != claims.role:
             raise AuthenticationError("the agent's registered role changed since issuance")
+        self._check_channel(request, call, claims, record)
         return claims
 
-    def certificate_binding(self, request: Request, agent_id: str) -> str | None:
-        """Step 0 at the token endpoint: the thumbprint to bind a new token to (mTLS only).
+    def certificate_binding(self, request: Request, call: Call, record: AgentRecord) -> str | None:
+        """Step 0 at the token endpoint: the thumbprint to bind a new token to.
 
-        The client certificate must name the agent the assertion proved, so one agent's
-        certificate cannot carry another agent's tokens.
+        A connection with a client certificate always gets a bound token; the certificate
+        must name the agent the assertion proved and be the one registered for it, so
+        neither another agent's certificate nor a superseded one can carry its tokens.
         """
-        if not self.mtls:
-            return None
         peer = peer_of(request)
         if peer is None:
+            if self.mtls:
+                raise AuthenticationError(
+                    "mutual TLS is on but the connection has no client certificate"
+                )
+            return None
+        if peer.agent_id != record.agent_id or not _same(record.certificate, peer.thumbprint):
+            call.meta["peer"] = {"agent": peer.agent_id, "x5t#S256": peer.thumbprint}
             raise AuthenticationError(
-                "mutual TLS is on but the connection has no client certificate"
-            )
-        if peer.agent_id != agent_id:
-            raise AuthenticationError(
-                f"the client certificate ({peer.common_name!r}) does not name agent {agent_id}",
-                message="the client certificate does not name the authenticated agent",
+                f"the client certificate ({peer.common_name!r}) is not the one registered for "
+                f"agent {record.agent_id}",
+                message="the client certificate is not the authenticated agent's registered one",
             )
         return peer.thumbprint
 
-    def _check_channel(self, request: Request, claims: AccessClaims) -> None:
+    def _check_channel(
+        self, request: Request, call: Call, claims: AccessClaims, record: AgentRecord
+    ) -> None:
         """Step 0 on every call: a certificate-bound token (RFC 8705) is good only on a
-        connection made with that very certificate, not merely one with the same name."""
-        if claims.x5t is None and not self.mtls:
-            return
-        message = (
-            "channel binding mismatch: the token is not bound to this connection's certificate"
-        )
+        connection made with that very certificate, not merely one with the same name,
+        and only while that certificate is still the agent's registered one."""
         peer = peer_of(request)
+        if claims.x5t is None and peer is None and not self.mtls:
+            return
+        reason = None
         if peer is None:
+            reason = "certificate-bound token over a connection without one"
+        elif claims.x5t is None:
+            reason = "the token is not certificate-bound"
+        elif not _same(claims.x5t, peer.thumbprint):
+            reason = "the token is bound to another client certificate"
+        elif peer.agent_id != claims.agent_id:
+            reason = "the client certificate names another agent"
+        elif not _same(record.certificate, peer.thumbprint):
+            reason = "the client certificate is no longer the agent's registered one"
+        if reason is not None:
+            if peer is not None:
+                call.meta["peer"] = {"agent": peer.agent_id, "x5t#S256": peer.thumbprint}
             raise AuthenticationError(
-                "certificate-bound token over a connection without one", message=message
+                reason,
+                message="channel binding mismatch: the token is not bound to this "
+                "connection's certificate",
             )
-        if claims.x5t is None:
-            raise AuthenticationError(
-                "mutual TLS is on and the token is not certificate-bound", message=message
-            )
-        if not hmac.compare_digest(claims.x5t, peer.thumbprint):
-            raise AuthenticationError(
-                "the token is bound to another client certificate", message=message
-            )
-        if peer.agent_id != claims.agent_id:
-            raise AuthenticationError("the client certificate names another agent", message=message)
 
     def authorize(
         self, request: Request, call: Call, claims: AccessClaims, role: Role, resource: Resource
@@ -283,6 +294,10 @@ class Gateway:
         """Names of ``kind`` ("model" or "tool") this token may use under the live role."""
         names = role.models if kind == "model" else role.tools
         return [n for n in names if f"{kind}:{n}" in claims.scope]
+
+
+def _same(expected: str | None, presented: str) -> bool:
+    return expected is not None and hmac.compare_digest(expected, presented)
 
 
 def peer_of(request: Request) -> PeerCert | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,15 +27,21 @@ class AgentRecord:
     status: str
     description: str
     created_at: str
+    # The x5t#S256 thumbprint of the agent's current mTLS client certificate: the only
+    # certificate the gateway accepts for it, so renewing one retires the old at once.
+    certificate: str | None = None
 
     def to_toml(self) -> dict[str, str]:
-        return {
+        entry = {
             "public_key": self.public_key.b64url,
             "role": self.role,
             "status": self.status,
             "description": self.description,
             "created_at": self.created_at,
         }
+        if self.certificate is not None:
+            entry["certificate"] = self.certificate
+        return entry
 
 
 def check_agent_id(agent_id: str) -> None:
@@ -70,6 +76,7 @@ def load_registry(path: Path) -> dict[str, AgentRecord]:
             status=t.string("status", "active", choices=STATUSES),
             description=t.string("description", ""),
             created_at=t.string("created_at", ""),
+            certificate=t.optional_string("certificate"),
         )
         t.finish()
     agents_t.finish()
@@ -124,8 +131,10 @@ def enroll(
     known_roles: Mapping[str, object],
     description: str = "",
     force: bool = False,
+    certificate: str | None = None,
 ) -> AgentRecord:
-    """Create a keypair and a registry entry for ``agent_id``.
+    """Create a keypair and a registry entry for ``agent_id`` (with ``certificate``, the
+    thumbprint of its mTLS client certificate).
 
     Every check runs before anything is written, and the key and registry are each
     replaced atomically, so a refused or failed enrollment leaves both as they were.
@@ -148,10 +157,9 @@ def enroll(
         status="active",
         description=description,
         created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        certificate=certificate,
     )
-    document = {"agents": {aid: r.to_toml() for aid, r in records.items()}}
-    document["agents"][agent_id] = record.to_toml()
-    registry_bytes = tomli_w.dumps(document).encode("utf-8")
+    registry_bytes = _dump({**records, agent_id: record})
 
     staged = key_path.with_name(f".{key_path.name}.new")
     staged.unlink(missing_ok=True)
@@ -163,3 +171,18 @@ def enroll(
         raise
     staged.replace(key_path)
     return record
+
+
+def record_certificate(registry_path: Path, agent_id: str, certificate: str) -> AgentRecord:
+    """Make ``certificate`` (an x5t#S256 thumbprint) the agent's one accepted certificate."""
+    records = load_registry(registry_path)
+    if agent_id not in records:
+        raise UsageError(f"agent {agent_id!r} is not enrolled; run 'agentzt enroll' first")
+    record = replace(records[agent_id], certificate=certificate)
+    write_atomically(registry_path, _dump({**records, agent_id: record}), 0o644)
+    return record
+
+
+def _dump(records: Mapping[str, AgentRecord]) -> bytes:
+    document = {"agents": {aid: r.to_toml() for aid, r in records.items()}}
+    return tomli_w.dumps(document).encode("utf-8")

@@ -106,11 +106,15 @@ def create_proxy_app(
         http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         try:
-            async with http.request(method, url, headers=headers, data=body or None) as resp:
+            # IMPORTANT: no redirects; the gateway's answer, whatever it is, is relayed as is,
+            # and the request (body, grant) goes to the gateway and nowhere else.
+            async with http.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as resp:
                 payload = await resp.read()
                 return resp.status, list(resp.headers.items()), payload
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise unreachable(exc) from exc
+            raise unreachable(exc, tls=tls is not None) from exc
 
     async def exchange(
         request: Request,

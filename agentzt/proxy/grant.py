@@ -31,10 +31,11 @@ async def request_grant(
                 f"{gateway}/v1/elevate",
                 json=request,
                 headers={"authorization": f"Bearer {token}"},
+                allow_redirects=False,
             ) as resp:
                 status, body = resp.status, await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise unreachable(exc) from exc
+            raise unreachable(exc, tls=tls is not None) from exc
     if status != 200 or not isinstance(body, dict) or "elevation_grant" not in body:
         error = body.get("error") if isinstance(body, dict) else None
         kind = error.get("type") if isinstance(error, dict) else None

@@ -24,9 +24,12 @@ Clock = Callable[[], float]
 REFRESH_AT = 0.8
 
 
-def unreachable(exc: BaseException, what: str = "gateway unreachable") -> UpstreamError:
+def unreachable(
+    exc: BaseException, what: str = "gateway unreachable", *, tls: bool = False
+) -> UpstreamError:
     """The proxy's error for a failed connection to the gateway, naming a TLS refusal
-    (an untrusted or unpinned certificate) plainly, since that one needs the operator."""
+    (an untrusted or unpinned certificate, or ours refused) plainly, since it needs the
+    operator."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         log.error("refused the gateway's TLS certificate: %s", exc.certificate_error)
         detail = f"{what}: TLS certificate refused: {exc.certificate_error}"
@@ -34,6 +37,16 @@ def unreachable(exc: BaseException, what: str = "gateway unreachable") -> Upstre
     if isinstance(exc, aiohttp.ClientSSLError):
         log.error("TLS with the gateway failed: %s", exc)
         return UpstreamError(f"{what}: TLS failed: {exc}", message=f"{what}: TLS failed")
+    dropped = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+    if tls and isinstance(exc, dropped) and not isinstance(exc, aiohttp.ClientConnectorError):
+        # Under TLS 1.3 the gateway refuses a client certificate after the client thinks
+        # the handshake is done, so the refusal shows up as a dropped connection.
+        detail = (
+            f"{what}: the gateway closed the TLS connection; it may refuse this agent's "
+            "client certificate (expired, renewed, or from another CA: 'agentzt tls issue')"
+        )
+        log.error("%s", detail)
+        return UpstreamError(detail, message=detail)
     return UpstreamError(f"{what}: {type(exc).__name__}")
 
 
@@ -57,6 +70,7 @@ class TokenSession:
         self.agent_id = agent_id
         self._key = key
         self._gateway_url = gateway_url.rstrip("/")
+        self._tls = self._gateway_url.startswith("https://")
         self._http = http
         self._clock = clock
         self._token: _Token | None = None
@@ -96,10 +110,10 @@ class TokenSession:
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
-            async with self._http.get(url) as resp:
+            async with self._http.get(url, allow_redirects=False) as resp:
                 body = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise unreachable(exc) from exc
+            raise unreachable(exc, tls=self._tls) from exc
         if not isinstance(body, dict):
             raise UpstreamError("gateway metadata is not a JSON object")
         return body
@@ -115,11 +129,13 @@ class TokenSession:
             ),
         }
         try:
-            async with self._http.post(f"{self._gateway_url}/v1/token", data=form) as resp:
+            async with self._http.post(
+                f"{self._gateway_url}/v1/token", data=form, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 body = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise unreachable(exc, "token request failed") from exc
+            raise unreachable(exc, "token request failed", tls=self._tls) from exc
         if status != 200 or not isinstance(body, dict) or "access_token" not in body:
             error = body.get("error") if isinstance(body, dict) else None
             raise AuthenticationError(f"gateway refused the token request ({status} {error})")

@@ -8,14 +8,14 @@ the RFC 8705 thumbprint and the agent the certificate names.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from agentzt.identity.registry import AGENT_ID
-from agentzt.tls.pki import SPIFFE_AGENT_PREFIX
+from agentzt.tls.pki import SPIFFE_AGENT_PREFIX, thumbprint_of
 
 PEER_SCOPE_KEY = "agentzt.peer"
 TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -30,10 +30,6 @@ class PeerCert:
     # The agent the certificate names, or None when it names none unambiguously.
     agent_id: str | None
     common_name: str
-
-
-def thumbprint_of(der: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
 def _attributes(cert: dict[str, Any]) -> list[tuple[str, str]]:
@@ -67,12 +63,10 @@ def peer_from_ssl(
         agent_id=_agent_of(cert, common_name),
         common_name=common_name,
     )
-    short = {"commonName": "CN", "organizationName": "O"}
     extension = {
         "server_cert": None,
         "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)],
-        # RFC 4514 order: the last RDN first.
-        "client_cert_name": ",".join(f"{short.get(k, k)}={v}" for k, v in reversed(attributes)),
+        "client_cert_name": x509.load_der_x509_certificate(der).subject.rfc4514_string(),
         "client_cert_error": None,
         "tls_version": TLS_VERSIONS.get(ssl_object.version() or ""),
         # Python's ssl module names the cipher suite but does not give its IANA number.

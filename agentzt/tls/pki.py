@@ -15,6 +15,7 @@ minutes in the past so that a peer whose clock is a little behind still accepts 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agentzt.errors import ConfigError, UsageError
 from agentzt.files import write_atomically
+from agentzt.identity.keys import b64url
+from agentzt.identity.registry import record_certificate
 
 CA_DAYS = 5 * 365
 SERVER_DAYS = 365
@@ -81,6 +84,15 @@ def fingerprint(certificate: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, as colon-separated upper-case hex (openssl's form)."""
     digest = certificate.fingerprint(hashes.SHA256())
     return ":".join(f"{b:02X}" for b in digest)
+
+
+def thumbprint_of(der: bytes) -> str:
+    """RFC 8705 ``x5t#S256``: base64url SHA-256 of the DER certificate, no padding."""
+    return b64url(hashlib.sha256(der).digest())
+
+
+def thumbprint(certificate: x509.Certificate) -> str:
+    return thumbprint_of(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def alt_names(certificate: x509.Certificate) -> list[str]:
@@ -207,7 +219,9 @@ def issue_client(ca: Issued, agent_id: str, now: dt.datetime, days: int = CLIENT
 
 
 def write_issued(issued: Issued, cert_path: Path, key_path: Path) -> None:
-    """The key (PKCS#8 PEM, 0600) first, then the certificate, so a cert never lacks its key."""
+    """The key (PKCS#8 PEM, 0600) first, then the certificate. Each file is replaced
+    atomically; a crash between the two leaves a key that does not match its certificate,
+    which every loader refuses with a clear error, and issuing again repairs."""
     key_pem = issued.key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -217,10 +231,23 @@ def write_issued(issued: Issued, cert_path: Path, key_path: Path) -> None:
     write_atomically(cert_path, issued.certificate.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
+def read_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: not found; run 'agentzt tls init'") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a PEM certificate ({exc})") from exc
+
+
 def load_ca(files: TlsFiles) -> Issued:
     """The CA certificate and key, or a UsageError telling the user to run ``tls init``."""
-    if not files.ca_cert.exists() or not files.ca_key.exists():
-        raise UsageError(f"no agentzt CA in {files.directory}; run 'agentzt tls init' first")
+    for path in (files.ca_cert, files.ca_key):
+        if not path.exists():
+            raise UsageError(
+                f"no agentzt CA: {path} is missing; run 'agentzt tls init' "
+                "(with --force if some of its files remain)"
+            )
     try:
         certificate = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
         key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
@@ -228,6 +255,8 @@ def load_ca(files: TlsFiles) -> Issued:
         raise ConfigError(f"{files.directory}: cannot read the agentzt CA ({exc})") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{files.ca_key}: not an EC private key")
+    if key.public_key() != certificate.public_key():
+        raise ConfigError(f"{files.ca_key} is not the key of {files.ca_cert}")
     return Issued(certificate, key)
 
 
@@ -256,11 +285,22 @@ def init_ca(
 def issue_client_files(
     files: TlsFiles, agent_id: str, *, now: dt.datetime, force: bool = False
 ) -> Issued:
+    """Issue and write a client certificate; ``issue_agent_certificate`` also registers it."""
     ca = load_ca(files)
     if files.client_cert(agent_id).exists() and not force:
         raise UsageError(f"{files.client_cert(agent_id)} already exists; use --force to replace it")
     issued = issue_client(ca, agent_id, now)
     write_issued(issued, files.client_cert(agent_id), files.client_key(agent_id))
+    return issued
+
+
+def issue_agent_certificate(
+    files: TlsFiles, registry_path: Path, agent_id: str, *, now: dt.datetime, force: bool = False
+) -> Issued:
+    """Issue an enrolled agent's client certificate and register it as the only one the
+    gateway accepts for the agent; a certificate issued before stops working at once."""
+    issued = issue_client_files(files, agent_id, now=now, force=force)
+    record_certificate(registry_path, agent_id, thumbprint(issued.certificate))
     return issued
 
 
