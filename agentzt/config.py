@@ -173,8 +173,15 @@ class TokenSettings:
 
 @dataclass(frozen=True)
 class UpstreamSettings:
-    # Only the offline mock exists so far; "passthrough" to a real API comes later.
-    mode: str = "mock"
+    """``[upstream]``: where model calls go. ``mock`` answers offline; ``passthrough``
+    forwards to an Anthropic-shaped API with the enterprise key only the gateway holds."""
+
+    mode: str = "mock"  # mock | passthrough
+    base_url: str = "https://api.anthropic.com"
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    connect_timeout_seconds: float = 10.0
+    # The longest wait for the upstream's next bytes (a whole answer, or the next event).
+    timeout_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -266,9 +273,7 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
     )
     tokens_t.finish()
 
-    up = root.table("upstream")
-    upstream = UpstreamSettings(mode=up.string("mode", "mock", choices=("mock",)))
-    up.finish()
+    upstream = _upstream_settings(root.table("upstream"))
 
     lim = root.table("limits")
     limits = LimitSettings(
@@ -288,6 +293,32 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
         guardrails=guardrails,
         tls=tls,
     )
+
+
+def _env_name(t: Table, key: str, default: str) -> str:
+    name = t.string(key, default)
+    if not name.replace("_", "").isalnum() or not name.isascii() or name[0].isdigit():
+        raise t.fail(key, f"must be an environment variable name such as {default}")
+    return name
+
+
+def _http_url(t: Table, key: str, default: str) -> str:
+    url = t.string(key, default)
+    if not url.startswith(("http://", "https://")):
+        raise t.fail(key, f"must be an http(s) URL such as '{default}'")
+    return url.rstrip("/")
+
+
+def _upstream_settings(t: Table) -> UpstreamSettings:
+    upstream = UpstreamSettings(
+        mode=t.string("mode", "mock", choices=("mock", "passthrough")),
+        base_url=_http_url(t, "base_url", UpstreamSettings.base_url),
+        api_key_env=_env_name(t, "api_key_env", UpstreamSettings.api_key_env),
+        connect_timeout_seconds=t.number("connect_timeout_seconds", 10.0, low=0.1, high=120),
+        timeout_seconds=t.number("timeout_seconds", 600.0, low=0.1, high=3600),
+    )
+    t.finish()
+    return upstream
 
 
 def _guardrail_settings(t: Table) -> GuardrailSettings:
@@ -311,19 +342,9 @@ def _guardrail_settings(t: Table) -> GuardrailSettings:
     o.finish()
 
     g = t.table("openguardrails")
-    base_url = g.string("base_url", OpenGuardrailsSettings.base_url)
-    if not base_url.startswith(("http://", "https://")):
-        raise g.fail(
-            "base_url", "must be an http(s) URL such as 'https://api.openguardrails.com/v1'"
-        )
-    env = g.string("api_key_env", OpenGuardrailsSettings.api_key_env)
-    if not env.replace("_", "").isalnum() or not env.isascii() or env[0].isdigit():
-        raise g.fail(
-            "api_key_env", "must be an environment variable name such as OPENGUARDRAILS_API_KEY"
-        )
     openguardrails = OpenGuardrailsSettings(
-        base_url=base_url.rstrip("/"),
-        api_key_env=env,
+        base_url=_http_url(g, "base_url", OpenGuardrailsSettings.base_url),
+        api_key_env=_env_name(g, "api_key_env", OpenGuardrailsSettings.api_key_env),
         model=g.string("model", OpenGuardrailsSettings.model),
         timeout_seconds=g.number("timeout_seconds", 5.0, low=0.1, high=120),
     )

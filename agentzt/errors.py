@@ -32,7 +32,8 @@ attacker-supplied data or secrets. ``detail`` is for the audit log and the opera
     ├── RequestTooLargeError          413 request_too_large
     ├── RateLimitedError              429 rate_limit_error       (retry_after)
     ├── UpstreamError                 502 api_error
-    │   └── UpstreamTimeoutError      504 api_error
+    │   ├── UpstreamTimeoutError      504 api_error
+    │   └── UpstreamStatusError       the upstream's own 4xx/5xx, relayed
     ├── GuardrailUnavailableError     503 api_error              (fail_open = false)
     ├── AuditWriteError               503 api_error              exit 1
     └── AuditChainError               (verify only)              exit 1
@@ -206,6 +207,33 @@ class UpstreamError(AgentztError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     message = "upstream model API timed out"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream model API answered with an error: relayed with its status, type and
+    message (the upstream's words, not the agent's), so SDKs raise their usual exception."""
+
+    KNOWN_TYPES = frozenset(
+        {
+            "invalid_request_error",
+            "authentication_error",
+            "permission_error",
+            "not_found_error",
+            "request_too_large",
+            "rate_limit_error",
+            "api_error",
+            "overloaded_error",
+        }
+    )
+
+    def __init__(
+        self, status: int, error_type: str, message: str, *, retry_after: str | None = None
+    ) -> None:
+        shown = message[:500]
+        super().__init__(f"upstream answered {status} {error_type}: {shown}", message=shown)
+        self.status = status if 400 <= status <= 599 else 502
+        self.error_type = error_type if error_type in self.KNOWN_TYPES else "api_error"
+        self.retry_after = retry_after
 
 
 class GuardrailUnavailableError(AgentztError):

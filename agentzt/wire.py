@@ -18,6 +18,7 @@ from agentzt.errors import (
     InvalidRequestError,
     RateLimitedError,
     RequestTooLargeError,
+    UpstreamStatusError,
 )
 
 REQUEST_ID_HEADER = "x-agentzt-request-id"
@@ -109,6 +110,8 @@ def error_response(exc: AgentztError, request_id: str) -> Response:
     headers = {}
     if isinstance(exc, RateLimitedError):
         headers["retry-after"] = str(exc.retry_after)
+    if isinstance(exc, UpstreamStatusError) and exc.retry_after:
+        headers["retry-after"] = exc.retry_after
     payload = {
         "type": "error",
         "error": {"type": exc.error_type, "message": exc.message},

@@ -18,9 +18,9 @@ from agentzt.errors import (
     PermissionDeniedError,
     UnsupportedGrantTypeError,
 )
-from agentzt.gateway import mock_upstream
 from agentzt.gateway.call import Call
 from agentzt.gateway.service import Gateway
+from agentzt.gateway.streaming import open_stream
 from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
 from agentzt.identity import CLIENT_ASSERTION_TYPE, Grant
 from agentzt.policy import Resource, Role
@@ -187,14 +187,15 @@ async def messages(gw: Gateway, request: Request, call: Call) -> Response:
             f"max_tokens {max_tokens} over the role limit {limit}",
             message=f"max_tokens is above this agent's limit of {limit}",
         )
-    if body.get("stream") is True:
-        raise InvalidRequestError(
-            "streaming is not supported yet", message="stream=true is not supported yet"
-        )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream must be true or false")
     turns = message_turns(body)
     await _screen(gw, call, role, grant, turns)
-    result = mock_upstream.message(body)
-    call.meta["usage"] = result["usage"]
+    if stream:
+        return await open_stream(gw, request, call, body)
+    result = await gw.upstream.message(body, request.headers)
+    call.meta["usage"] = result.get("usage")
     return json_response(await gw.guard.release_answer(call, turns, result))
 
 
@@ -204,7 +205,7 @@ async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
     await _screen(gw, call, role, None, message_turns(body))
     if grant is not None:
         call.meta["via"] = "jit"
-    return json_response({"input_tokens": mock_upstream.estimate_tokens(body)})
+    return json_response(await gw.upstream.count_tokens(body, request.headers))
 
 
 async def models(gw: Gateway, request: Request, call: Call) -> Response:

@@ -20,6 +20,7 @@ from agentzt.errors import AuthenticationError, PermissionDeniedError
 from agentzt.gateway.call import Call
 from agentzt.gateway.guard import Guard
 from agentzt.gateway.ratelimit import SlidingWindowLimiter
+from agentzt.gateway.upstream import Upstream, create_upstream
 from agentzt.identity import (
     AccessClaims,
     AccessTokenIssuer,
@@ -67,6 +68,9 @@ class Gateway:
         self.mtls = self.settings.tls.mtls
         # Built first: a configuration error must stop start-up before any file is written.
         self.guard = Guard(self.settings.guardrails, env, source=str(paths.gateway_toml))
+        self.upstream: Upstream = create_upstream(
+            self.settings.upstream, env, source=str(paths.gateway_toml)
+        )
         self.policy: Policy = load_policy(paths.policy_toml)
         if not self.policy.roles:
             log.warning(
@@ -107,6 +111,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.guard.aclose()
+        await self.upstream.aclose()
         self.audit.close()
 
     # --- the enforcement steps, in decision order ---------------------------------

@@ -12,12 +12,14 @@ import logging
 import re
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from agentzt.errors import (
     AgentztError,
@@ -28,6 +30,7 @@ from agentzt.errors import (
 )
 from agentzt.identity import SigningKey
 from agentzt.proxy.session import TokenSession, unreachable
+from agentzt.sse import error_frame
 from agentzt.wire import REQUEST_ID_HEADER, error_response, json_response, read_body, request_id_of
 
 log = logging.getLogger("agentzt.proxy")
@@ -81,6 +84,44 @@ def _outbound_headers(request: Request, request_id: str, token: str) -> dict[str
     return headers
 
 
+@dataclass
+class Answer:
+    """The gateway's answer: read whole, or (a 200 event stream) still arriving."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    payload: bytes
+    stream: aiohttp.ClientResponse | None = None
+
+
+class RelayedStream(StreamingResponse):
+    """The gateway's event stream, passed on chunk by chunk as it arrives.
+
+    Sending waits for the agent to read (backpressure), and however the relay ends,
+    the gateway connection is closed, so an agent that leaves stops the gateway's stream
+    and, through it, the upstream's.
+    """
+
+    def __init__(self, upstream: aiohttp.ClientResponse) -> None:
+        super().__init__(self._chunks(upstream), media_type="text/event-stream")
+        self._upstream = upstream
+
+    @staticmethod
+    async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("the gateway's stream broke: %s", type(exc).__name__)
+            yield error_frame("api_error", "the connection to the gateway broke mid-stream")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._upstream.close()
+
+
 class _Link:
     """The proxy's connection to the gateway, opened and closed with the app's lifespan."""
 
@@ -104,17 +145,26 @@ def create_proxy_app(
 
     async def send(
         http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> Answer:
         try:
             # IMPORTANT: no redirects; the gateway's answer, whatever it is, is relayed as is,
             # and the request (body, grant) goes to the gateway and nowhere else.
-            async with http.request(
+            resp = await http.request(
                 method, url, headers=headers, data=body or None, allow_redirects=False
-            ) as resp:
-                payload = await resp.read()
-                return resp.status, list(resp.headers.items()), payload
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise unreachable(exc, tls=tls is not None) from exc
+        answer_headers = list(resp.headers.items())
+        if resp.status == 200 and resp.content_type == "text/event-stream":
+            # Relayed as it arrives; the endpoint closes it.
+            return Answer(resp.status, answer_headers, b"", resp)
+        try:
+            payload = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise unreachable(exc, tls=tls is not None) from exc
+        finally:
+            resp.release()
+        return Answer(resp.status, answer_headers, payload)
 
     async def exchange(
         request: Request,
@@ -123,7 +173,7 @@ def create_proxy_app(
         url: str,
         body: bytes,
         extra: dict[str, str | None],
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> Answer:
         """One call to the gateway with a current token; on 401 get a new token, retry once.
 
         ``extra`` adds headers; a None value removes one the agent sent.
@@ -140,18 +190,14 @@ def create_proxy_app(
             return headers
 
         token = await session.token()
-        status, answer_headers, payload = await send(http, method, url, headers_with(token), body)
-        if status == 401:
+        answer = await send(http, method, url, headers_with(token), body)
+        if answer.status == 401:
             # The token may have been revoked or expired early: get a new one, retry once.
             token = await session.refresh(stale=token)
-            status, answer_headers, payload = await send(
-                http, method, url, headers_with(token), body
-            )
-        return status, answer_headers, payload
+            answer = await send(http, method, url, headers_with(token), body)
+        return answer
 
-    async def elevation_for(
-        request: Request, request_id: str
-    ) -> dict[str, str | None] | tuple[int, list[tuple[str, str]], bytes]:
+    async def elevation_for(request: Request, request_id: str) -> dict[str, str | None] | Answer:
         """The grant header for an ``x-agentzt-elevate`` call, or the gateway's refusal."""
         wanted = request.headers.getlist(ELEVATE_HEADER)
         if not wanted:
@@ -167,7 +213,7 @@ def create_proxy_app(
             f"{request.method} {request.url.path}"
         )
         body = json.dumps({"kind": match[1], "name": match[2], "reason": reason}).encode()
-        status, headers, payload = await exchange(
+        answer = await exchange(
             request,
             request_id,
             "POST",
@@ -175,10 +221,10 @@ def create_proxy_app(
             body,
             {"content-type": "application/json", ELEVATION_HEADER: None},
         )
-        if status != 200:
-            return status, headers, payload
+        if answer.status != 200 or answer.stream is not None:
+            return answer
         try:
-            grant = json.loads(payload)["elevation_grant"]
+            grant = json.loads(answer.payload)["elevation_grant"]
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError("gateway sent a malformed elevation answer") from exc
         if not isinstance(grant, str):
@@ -198,18 +244,20 @@ def create_proxy_app(
             if request.url.query:
                 url += f"?{request.url.query}"
             extra = await elevation_for(request, request_id)
-            if isinstance(extra, tuple):
-                status, headers, payload = extra
+            if isinstance(extra, Answer):
+                answer = extra
             else:
-                status, headers, payload = await exchange(
-                    request, request_id, method, url, body, extra
-                )
+                answer = await exchange(request, request_id, method, url, body, extra)
         except AgentztError as exc:
             response = error_response(exc, request_id)
             response.headers[REQUEST_ID_HEADER] = request_id
             return response
-        relayed = Response(payload, status_code=status)
-        for name, value in headers:
+        relayed: Response
+        if answer.stream is not None:
+            relayed = RelayedStream(answer.stream)
+        else:
+            relayed = Response(answer.payload, status_code=answer.status)
+        for name, value in answer.headers:
             if name.lower() not in DROP_RESPONSE_HEADERS:
                 relayed.headers.append(name, value)
         return relayed

@@ -1,0 +1,75 @@
+"""``POST /v1/messages`` with ``stream: true``: open the upstream stream, then relay it
+through the stream guard as ``text/event-stream``.
+
+The decision event is written by the app when this returns (the call was allowed and
+the stream opened); the stream's outcome follows as a ``model.response`` event with the
+same request id. A refusal before the first byte (an upstream 4xx/5xx, a refused
+connection) is an ordinary error answer instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from agentzt.gateway.call import Call
+from agentzt.gateway.service import Gateway
+from agentzt.gateway.stream_guard import StreamGuard
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class _ClosingStream(StreamingResponse):
+    """Closes its iterator however the response ends (an agent that disconnects while
+    the response waits to send would otherwise leave the upstream stream open)."""
+
+    def __init__(self, iterator: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(iterator, media_type="text/event-stream", headers=headers)
+        self._iterator = iterator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str, Any]) -> Response:
+    stack = contextlib.AsyncExitStack()
+    events = await stack.enter_async_context(gw.upstream.stream(body, request.headers))
+
+    def finish(outcome: str, meta: dict[str, Any]) -> None:
+        gw.audit.append(
+            request_id=call.request_id,
+            agent_id=call.agent_id,
+            role=call.role,
+            action="model.response",
+            resource=call.resource,
+            decision="allow" if outcome == "completed" else "deny",
+            reason=f"stream {outcome.replace('_', ' ')}",
+            status=200,
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            meta={"outcome": outcome, **meta},
+        )
+
+    redactor = gw.guard.redactor if gw.guard.output.redact_secrets else None
+    guard = StreamGuard(redactor, finish)
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for frame in guard.frames(events):
+                yield frame
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+
+    call.meta["stream"] = True
+    return _ClosingStream(relay(), SSE_HEADERS)
