@@ -1,7 +1,7 @@
 """The bare pass-through chain: a fixed-answer upstream and a proxy with no security, on
 the same server stack as agentzt, with a choice of HTTP client for the proxy's hop.
 
-    python -m benchmarks.bare upstream --port P
+    python -m benchmarks.bare upstream --port P          (answers stream: true with SSE)
     python -m benchmarks.bare proxy --port P --upstream URL --client aiohttp|httpx
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentzt.gateway.mock_upstream import stream_events
 from agentzt.server import bind, serve_forever
+from agentzt.sse import encode
 
 ANSWER = (
     b'{"id":"msg_bare","type":"message","role":"assistant","model":"claude-sonnet-4-6",'
@@ -29,8 +32,14 @@ ANSWER = (
 
 
 def upstream_app() -> Starlette:
+    stream = b"".join(
+        encode(name, data) for name, data in stream_events(json.loads(ANSWER.decode()))
+    )
+
     async def messages(request: Request) -> Response:
-        await request.body()
+        body = await request.body()
+        if b'"stream":true' in body.replace(b" ", b""):
+            return Response(stream, media_type="text/event-stream")
         return Response(ANSWER, media_type="application/json")
 
     return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])

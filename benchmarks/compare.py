@@ -130,9 +130,9 @@ review = false
 """
 
 
-def agentzt(
-    seconds: float, connections: int, gateway_toml: str = "", mtls: bool = False
-) -> dict[str, float]:
+@contextmanager
+def agentzt_chain(gateway_toml: str = "", mtls: bool = False) -> Iterator[str]:
+    """Gateway and client proxy as separate processes in a temp home; yields the proxy URL."""
     with tempfile.TemporaryDirectory(prefix="agentzt-bench-") as tmp:
         config, home = Path(tmp) / "config", Path(tmp) / "home"
         config.mkdir()
@@ -172,7 +172,14 @@ def agentzt(
                 )
             wait_ready(f"{scheme}://127.0.0.1:{gw}/healthz", tls=health_tls)
             wait_ready(f"http://127.0.0.1:{px}/healthz")
-            return load(f"http://127.0.0.1:{px}/v1/messages", seconds, connections)
+            yield f"http://127.0.0.1:{px}"
+
+
+def agentzt(
+    seconds: float, connections: int, gateway_toml: str = "", mtls: bool = False
+) -> dict[str, float]:
+    with agentzt_chain(gateway_toml, mtls) as proxy:
+        return load(f"{proxy}/v1/messages", seconds, connections)
 
 
 def main() -> None:
