@@ -333,3 +333,35 @@ def test_the_mock_upstream_never_needs_a_key(paths: Paths) -> None:
     enroll_agent(paths, "agent-1", "demo-agent")
     gateway = Gateway(paths, public_url="http://127.0.0.1:1", env={})
     assert type(gateway.upstream).__name__ == "MockUpstream"
+
+
+def test_a_stream_whose_decision_cannot_be_audited_is_refused_and_the_upstream_closed(
+    paths: Paths, fake: FakeAnthropic
+) -> None:
+    fake.script.endless = True
+    with passthrough_stack(paths, fake.url) as stack:
+        assert post(stack).status_code == 200  # the proxy holds a token now
+        before = paths.audit_log.read_bytes()
+        stack.gateway.audit.close()
+        resp = post(stack, {**BODY, "stream": True})
+        assert resp.status_code == 503
+        assert "event:" not in resp.text
+        # The upstream stream that was opened is closed, not left running.
+        assert wait_for(lambda: "client_gone" in fake.stream_closed), fake.stream_closed
+    assert paths.audit_log.read_bytes() == before
+
+
+def test_a_stream_whose_outcome_cannot_be_audited_ends_in_an_error_event(
+    paths: Paths, fake: FakeAnthropic
+) -> None:
+    fake.script.event_delay = 0.05
+    with passthrough_stack(paths, fake.url) as stack, stack.proxy_client() as http:
+        assert http.post("/v1/messages", json=BODY).status_code == 200
+        with http.stream("POST", "/v1/messages", json={**BODY, "stream": True}) as resp:
+            chunks = resp.iter_bytes()
+            assert next(chunks).startswith(b"event: message_start")
+            stack.gateway.audit.close()  # the decision is logged; the outcome will not be
+            rest = b"".join(chunks).decode()
+    events = parse(rest)
+    assert events[-1][0] == "error"
+    assert all(name != "message_stop" for name, _ in events)

@@ -17,6 +17,7 @@ from agentzt.errors import AgentztError, AuditWriteError, NotFoundError
 from agentzt.gateway import routes
 from agentzt.gateway.call import Call
 from agentzt.gateway.service import Gateway
+from agentzt.gateway.streaming import UpstreamStream
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import (
     REQUEST_ID_HEADER,
@@ -115,6 +116,8 @@ def create_app(gw: Gateway) -> Starlette:
         except AuditWriteError as exc:
             # IMPORTANT: a decision that cannot be recorded is not delivered.
             log.error("audit write failed: %s", exc.detail)
+            if isinstance(response, UpstreamStream):
+                await response.discard()
             response = _deny(exc, action, request_id)
             _record_refusal(gw, call, response.status_code)
         response.headers[REQUEST_ID_HEADER] = request_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -26,13 +26,20 @@ from agentzt.gateway.stream_guard import StreamGuard
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-class _ClosingStream(StreamingResponse):
-    """Closes its iterator however the response ends (an agent that disconnects while
-    the response waits to send would otherwise leave the upstream stream open)."""
+class UpstreamStream(StreamingResponse):
+    """The relayed stream. However it ends, the upstream stream is closed: when the agent
+    disconnects while the response waits to send, and when the response is never sent
+    at all (``discard``, e.g. because its decision could not be audited)."""
 
-    def __init__(self, iterator: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        iterator: AsyncIterator[bytes],
+        headers: dict[str, str],
+        close_upstream: Callable[[], Awaitable[None]],
+    ) -> None:
         super().__init__(iterator, media_type="text/event-stream", headers=headers)
         self._iterator = iterator
+        self._close_upstream = close_upstream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -40,6 +47,11 @@ class _ClosingStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._iterator.aclose()  # type: ignore[attr-defined]
+                await self._close_upstream()
+
+    async def discard(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._close_upstream()
 
 
 async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str, Any]) -> Response:
@@ -72,4 +84,4 @@ async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str,
                 await stack.aclose()
 
     call.meta["stream"] = True
-    return _ClosingStream(relay(), SSE_HEADERS)
+    return UpstreamStream(relay(), SSE_HEADERS, stack.aclose)

@@ -103,7 +103,8 @@ class RelayedStream(StreamingResponse):
     """
 
     def __init__(self, upstream: aiohttp.ClientResponse) -> None:
-        super().__init__(self._chunks(upstream), media_type="text/event-stream")
+        # No media type of its own: the gateway's content-type is relayed with the rest.
+        super().__init__(self._chunks(upstream))
         self._upstream = upstream
 
     @staticmethod
