@@ -18,16 +18,22 @@ from typing import Any
 import anthropic
 import pytest
 import tomli_w
-from anthropic.types import Message, TextBlock, ToolUseBlock
-from conftest import Stack, enroll_agent
-from fake_anthropic import ENTERPRISE_KEY, FakeAnthropic, fake_anthropic, passthrough_stack
+from anthropic.types import Message, ToolUseBlock
+from conftest import REPO, TEST_ROLES, Stack, enroll_agent
+from fake_anthropic import (
+    ENTERPRISE_KEY,
+    FakeAnthropic,
+    Script,
+    fake_anthropic,
+    passthrough_stack,
+)
 
 from agentzt.config import Paths
-from agentzt.gateway import mock_upstream
+from agentzt.gateway import Gateway, create_app, mock_upstream
 from agentzt.identity import read_private_key
 from agentzt.policy import load_policy
 from agentzt.proxy import create_proxy_app
-from agentzt.server import BackgroundServer, bind
+from agentzt.server import BackgroundServer, bind, running, url_of
 
 DUMMY_KEY = "sk-ant-agent-dummy-DO-NOT-FORWARD-123"
 MODEL = "claude-sonnet-4-6"
@@ -119,17 +125,73 @@ def _clean_sdk_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(params=MODES)
-def env(request: pytest.FixtureRequest, paths: Paths) -> Iterator[Env]:
-    if request.param == "mock":
-        yield Env("mock", request.getfixturevalue("stack"), None)
-        return
+def _shared_paths(tmp_path_factory: pytest.TempPathFactory, name: str) -> Paths:
+    """The conftest ``paths`` layout (shipped gateway.toml, policy.toml plus the test roles)
+    with demo-agent's rate limit raised, so a module-scoped stack never trips it; the
+    tests that change state (rate limit, disabled agent) build fresh stacks instead."""
+    root = tmp_path_factory.mktemp(name)
+    config = root / "config"
+    config.mkdir()
+    (config / "gateway.toml").write_bytes((REPO / "config" / "gateway.toml").read_bytes())
+    policy = (REPO / "config" / "policy.toml").read_text() + TEST_ROLES
+    raised = policy.replace("requests_per_minute = 120", "requests_per_minute = 100000")
+    assert raised != policy
+    (config / "policy.toml").write_text(raised)
+    return Paths(config_dir=config, home=root / "home")
+
+
+@pytest.fixture(scope="module")
+def shared_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Gateway (mock upstream) and proxy for agent-1 (demo-agent), as conftest's ``stack``."""
+    paths = _shared_paths(tmp_path_factory, "sdk-mock")
+    key = enroll_agent(paths, "agent-1", "demo-agent")
+    gateway_sock = bind("127.0.0.1", 0)
+    gateway = Gateway(paths, public_url=url_of(gateway_sock))
+    proxy = create_proxy_app(agent_id="agent-1", key=key, gateway_url=url_of(gateway_sock))
+    with (
+        running(create_app(gateway), gateway_sock) as gw,
+        running(proxy, bind("127.0.0.1", 0)) as px,
+    ):
+        yield Stack(paths=paths, gateway=gateway, gateway_url=gw.url, proxy_url=px.url)
+
+
+@pytest.fixture(scope="module")
+def shared_passthrough(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Stack, FakeAnthropic]]:
+    paths = _shared_paths(tmp_path_factory, "sdk-passthrough")
     with fake_anthropic() as fake, passthrough_stack(paths, fake.url) as stack:
-        yield Env("passthrough", stack, fake)
+        yield stack, fake
+
+
+def _fresh(fake: FakeAnthropic) -> FakeAnthropic:
+    """The shared fake with the default script and nothing seen yet."""
+    fake.script = Script()
+    fake.seen.clear()
+    return fake
+
+
+@pytest.fixture(params=MODES)
+def env(request: pytest.FixtureRequest) -> Env:
+    if request.param == "mock":
+        return Env("mock", request.getfixturevalue("shared_mock"), None)
+    stack, fake = request.getfixturevalue("shared_passthrough")
+    return Env("passthrough", stack, _fresh(fake))
 
 
 @pytest.fixture
-def passthrough(paths: Paths) -> Iterator[Env]:
+def passthrough(shared_passthrough: tuple[Stack, FakeAnthropic]) -> Env:
+    stack, fake = shared_passthrough
+    return Env("passthrough", stack, _fresh(fake))
+
+
+@pytest.fixture(params=MODES)
+def fresh_env(request: pytest.FixtureRequest, paths: Paths) -> Iterator[Env]:
+    """A stack of its own (conftest's ``stack``, or ``passthrough_stack``) for a test that
+    changes state the shared stacks must keep."""
+    if request.param == "mock":
+        yield Env("mock", request.getfixturevalue("stack"), None)
+        return
     with fake_anthropic() as fake, passthrough_stack(paths, fake.url) as stack:
         yield Env("passthrough", stack, fake)
 
@@ -196,8 +258,31 @@ def helper_stream(flavor: str, url: str, **kwargs: Any) -> tuple[list[str], Mess
     return asyncio.run(main())
 
 
-def text_of(message: Message) -> str:
-    return "".join(block.text for block in message.content if isinstance(block, TextBlock))
+def raw_create(flavor: str, url: str, **kwargs: Any) -> tuple[int, Message]:
+    """``messages.with_raw_response.create``: the HTTP status and the parsed message."""
+    if flavor == "sync":
+        with anthropic.Anthropic(base_url=url, api_key=DUMMY_KEY, max_retries=0) as client:
+            raw = client.messages.with_raw_response.create(**kwargs)
+            return raw.status_code, raw.parse()
+
+    async def main() -> tuple[int, Message]:
+        async with anthropic.AsyncAnthropic(
+            base_url=url, api_key=DUMMY_KEY, max_retries=0
+        ) as client:
+            raw = await client.messages.with_raw_response.create(**kwargs)
+            return raw.status_code, await raw.parse()
+
+    return asyncio.run(main())
+
+
+def sdk_anthropic_version() -> str:
+    """The ``anthropic-version`` this SDK sends by default."""
+    with anthropic.Anthropic(base_url="http://127.0.0.1:9", api_key=DUMMY_KEY) as client:
+        return str(client.default_headers["anthropic-version"])
+
+
+def text_of(message: Any) -> str:
+    return "".join(block.text for block in message.content if block.type == "text")
 
 
 def error_of(exc: anthropic.APIStatusError) -> dict[str, Any]:
@@ -262,6 +347,26 @@ def test_stream_helper_text_stream_matches_final_message(env: Env, flavor: str) 
     assert final.usage.input_tokens > 0
 
 
+NON_ASCII = "Café ☕ — 日本語のテキスト, emoji 🚀🚀 and ünïcödé. " * 3
+
+
+def test_stream_helper_keeps_non_ascii_text_intact(passthrough: Env, flavor: str) -> None:
+    """Multi-byte text survives the upstream's chunking, the stream guard's hold-back and
+    the proxy's chunk relay, streamed and not."""
+    assert passthrough.fake is not None
+    answer = mock_upstream.message({"model": MODEL, "messages": USER})
+    answer["content"] = [{"type": "text", "text": NON_ASCII}]
+    passthrough.fake.script.message = answer
+    pieces, final = helper_stream(
+        flavor, passthrough.url, model=MODEL, max_tokens=256, messages=USER
+    )
+    assert "".join(pieces) == NON_ASCII == text_of(final)
+    whole = sdk(
+        flavor, passthrough.url, "messages.create", model=MODEL, max_tokens=256, messages=USER
+    )
+    assert text_of(whole) == NON_ASCII
+
+
 # --- 4. system prompt and content-block arrays ---------------------------------------------
 
 
@@ -290,17 +395,10 @@ BLOCK_MESSAGES: list[dict[str, Any]] = [
     ids=["system-string", "system-blocks"],
 )
 def test_system_prompt_and_content_blocks_accepted(env: Env, flavor: str, system: Any) -> None:
-    raw = sdk(
-        flavor,
-        env.url,
-        "messages.with_raw_response.create",
-        model=MODEL,
-        max_tokens=256,
-        system=system,
-        messages=BLOCK_MESSAGES,
+    status, message = raw_create(
+        flavor, env.url, model=MODEL, max_tokens=256, system=system, messages=BLOCK_MESSAGES
     )
-    assert raw.status_code == 200
-    message = raw.parse()
+    assert status == 200
     assert text_of(message) == expected_text(BLOCK_MESSAGES)
     if env.fake is not None:
         [seen] = env.fake.seen
@@ -346,17 +444,16 @@ def test_tool_use_round_trip(passthrough: Env, flavor: str) -> None:
             ],
         },
     ]
-    raw = sdk(
+    status, answer = raw_create(
         flavor,
         passthrough.url,
-        "messages.with_raw_response.create",
         model=MODEL,
         max_tokens=256,
         tools=[TOOL_DEF],
         messages=conversation,
     )
-    assert raw.status_code == 200
-    assert raw.parse().stop_reason == "end_turn"
+    assert status == 200
+    assert answer.stop_reason == "end_turn"
     assert fake.seen[-1].body["messages"] == conversation
 
 
@@ -448,6 +545,18 @@ def test_model_outside_role_is_permission_denied(env: Env, flavor: str) -> None:
     assert error["type"] == "permission_error"
     assert error["message"] == f"model '{OUTSIDE_MODEL}' is not allowed for this agent's role"
     assert error["message"] in str(info.value)
+    # The envelope's request id is the one echoed in the header and written to the audit log.
+    request_id = info.value.response.headers["x-agentzt-request-id"]
+    assert info.value.body["request_id"] == request_id
+    audited = [
+        json.loads(line)
+        for line in env.stack.paths.audit_log.read_text().splitlines()
+        if request_id in line
+    ]
+    assert [(e["action"], e["decision"], e["status"]) for e in audited] == [
+        ("model.call", "deny", 403)
+    ]
+    assert audited[0]["resource"] == f"model:{OUTSIDE_MODEL}"
     if env.fake is not None:
         assert env.fake.seen == []
 
@@ -525,7 +634,8 @@ def _set_status(paths: Paths, agent_id: str, status: str) -> None:
     paths.agents_toml.write_text(tomli_w.dumps(registry))
 
 
-def test_disabled_agent_gets_authentication_error(env: Env, flavor: str) -> None:
+def test_disabled_agent_gets_authentication_error(fresh_env: Env, flavor: str) -> None:
+    env = fresh_env
     # A first call works, so the proxy holds a token the gateway issued while active.
     first = sdk(flavor, env.url, "messages.create", model=MODEL, max_tokens=64, messages=USER)
     assert first.stop_reason == "end_turn"
@@ -588,6 +698,29 @@ def test_upstream_error_surfaces_as_sdk_exception(
     assert len(fake.seen) == 1
 
 
+@pytest.mark.parametrize("helper", [False, True], ids=["create", "stream-helper"])
+def test_upstream_error_event_mid_stream_raises(
+    passthrough: Env, flavor: str, helper: bool
+) -> None:
+    """An ``error`` event after the stream began (the API's mid-stream overload) reaches the
+    SDK, which raises with the upstream's error type and message."""
+    assert passthrough.fake is not None
+    events = mock_upstream.stream_events(mock_upstream.message({"model": MODEL, "messages": USER}))
+    first_delta = next(i for i, (name, _) in enumerate(events) if name == "content_block_delta")
+    error = {"type": "overloaded_error", "message": "Overloaded, mid-stream"}
+    passthrough.fake.script.events = [
+        *events[: first_delta + 1],
+        ("error", {"type": "error", "error": error}),
+    ]
+    kwargs: dict[str, Any] = {"model": MODEL, "max_tokens": 256, "messages": USER}
+    with pytest.raises(anthropic.APIStatusError) as info:
+        if helper:
+            helper_stream(flavor, passthrough.url, **kwargs)
+        else:
+            raw_events(flavor, passthrough.url, **kwargs)
+    assert error_of(info.value) == error
+
+
 # --- 8. credentials and headers ------------------------------------------------------------
 
 
@@ -614,10 +747,12 @@ def test_upstream_sees_only_the_enterprise_key_and_allowed_headers(
         "/v1/messages",
         "/v1/messages/count_tokens",
     ]
+    version = sdk_anthropic_version()
     for seen in fake.seen:
         names = {name.lower() for name in seen.headers}
         assert seen.headers["x-api-key"] == ENTERPRISE_KEY
-        assert seen.headers["anthropic-version"] == "2023-06-01"
+        # The SDK's own version, not the gateway's fallback.
+        assert seen.headers["anthropic-version"] == version
         assert seen.headers["anthropic-beta"] == "tools-2024-04-04"
         assert "x-custom-agent" not in names
         # Neither the proxy's bearer token nor the SDK's own headers travel on.
@@ -645,6 +780,43 @@ def test_anthropic_version_the_agent_sets_reaches_the_upstream(passthrough: Env)
     assert seen.headers["anthropic-version"] == version
 
 
+def test_beta_resource_betas_reach_the_upstream(passthrough: Env, flavor: str) -> None:
+    """``client.beta.messages`` (``?beta=true`` and a comma-joined anthropic-beta) works
+    through the chain, and the beta models list is the role's."""
+    assert passthrough.fake is not None
+    betas = ["tools-2024-04-04", "token-efficient-tools-2025-02-19"]
+    message = sdk(
+        flavor,
+        passthrough.url,
+        "beta.messages.create",
+        model=MODEL,
+        max_tokens=256,
+        messages=USER,
+        betas=betas,
+    )
+    assert text_of(message) == expected_text(USER)
+    counted = sdk(
+        flavor,
+        passthrough.url,
+        "beta.messages.count_tokens",
+        model=MODEL,
+        messages=USER,
+        betas=betas,
+    )
+    assert counted.input_tokens > 0
+    assert [seen.path for seen in passthrough.fake.seen] == [
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ]
+    for seen in passthrough.fake.seen:
+        # The SDK may add its own beta (token counting) after the ones asked for.
+        assert seen.headers["anthropic-beta"].split(",")[: len(betas)] == betas
+        assert seen.headers["x-api-key"] == ENTERPRISE_KEY
+    page = sdk(flavor, passthrough.url, "beta.models.list")
+    allowed = load_policy(passthrough.stack.paths.policy_toml).roles["demo-agent"].models
+    assert [model.id for model in page.data] == list(allowed)
+
+
 def test_bearer_auth_token_is_not_forwarded(passthrough: Env) -> None:
     assert passthrough.fake is not None
     with anthropic.Anthropic(
@@ -656,6 +828,7 @@ def test_bearer_auth_token_is_not_forwarded(passthrough: Env) -> None:
     assert seen.headers["x-api-key"] == ENTERPRISE_KEY
     assert "authorization" not in {name.lower() for name in seen.headers}
     assert DUMMY_KEY not in json.dumps(seen.headers)
+    assert DUMMY_KEY not in passthrough.stack.paths.audit_log.read_text()
 
 
 def test_audit_log_holds_neither_key(env: Env, flavor: str) -> None:
