@@ -39,6 +39,8 @@ async def events(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str, dict[
             if not separator:
                 break
             buffer = rest
+            if len(frame) > MAX_EVENT_BYTES:
+                raise UpstreamError("upstream sent an oversized stream event")
             parsed = _parse(frame)
             if parsed is not None:
                 yield parsed

@@ -106,7 +106,11 @@ class StreamGuard:
             block_kind = block.get("type") if isinstance(block, dict) else None
             self._blocks[_index(data)] = _Block(
                 kind=str(block_kind),
-                text=StreamRedactor(self._redactor) if self._redactor is not None else None,
+                text=(
+                    StreamRedactor(self._redactor, self.counts)
+                    if self._redactor is not None
+                    else None
+                ),
             )
         elif kind == "content_block_delta":
             return self._delta(name, data)
@@ -140,7 +144,6 @@ class StreamGuard:
         frames = []
         if block.text is not None:
             rest = block.text.flush()
-            self.counts.update(block.text.counts)
             if rest:
                 field_name = "thinking" if block.kind == "thinking" else "text"
                 delta_type = "thinking_delta" if block.kind == "thinking" else "text_delta"

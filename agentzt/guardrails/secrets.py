@@ -91,6 +91,10 @@ _VALUE = (
 )
 
 _B64URL = "A-Za-z0-9_-"
+# How many rejected candidates one pass looks inside (see _Detector.run).
+_MAX_RETRIES = 32
+# A "value" that is itself a secret-named key and its operator is the next assignment.
+_KEY_AND_OPERATOR = re.compile(r"[a-z0-9_.-]*?" + _NAME + r"[\"']?[ \t]*(?::=|=>|[:=])", re.ASCII)
 
 
 def shannon_entropy(value: str) -> float:
@@ -102,6 +106,8 @@ def shannon_entropy(value: str) -> float:
 def looks_like_secret(value: str) -> bool:
     """The ``generic-secret`` rule: long enough, not a placeholder, and high entropy."""
     value = value.strip()
+    if _KEY_AND_OPERATOR.match(value.lower()):
+        return False
     n = len(value)
     if n < MIN_SECRET_LENGTH or value.lower() in _PLACEHOLDER_WORDS:
         return False
@@ -154,13 +160,23 @@ class _Detector:
         marker = f"[REDACTED:{self.kind}]"
         pieces: list[str] = []
         last = 0
-        for match in self.pattern.finditer(folded if self.folded else text):
+        haystack = folded if self.folded else text
+        position, retries = 0, _MAX_RETRIES
+        while (match := self.pattern.search(haystack, position)) is not None:
             start, end = match.span("secret")
             # IMPORTANT: judge the original characters; entropy is case-sensitive.
             if self.accept(text[start:end]):
                 pieces += (text[last:start], marker)
-                last = end
+                last = position = end
                 counts[self.kind] += 1
+            elif retries and start > match.start():
+                # IMPORTANT: a rejected value may hold the real assignment
+                # ('token: password = "s3cr3t…"' first matches token → "password"), so
+                # look again from the value. Bounded, so a chain of rejected candidates
+                # ("password=password=…") stays linear.
+                position, retries = start, retries - 1
+            else:
+                position = max(end, match.end())
         if not pieces:
             return text
         pieces.append(text[last:])

@@ -24,11 +24,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from agentzt.guardrails.secrets import _NAME, Redactor
+from agentzt.guardrails.secrets import _NAME, Redactor, _fold
 
-# Every character any token-shaped secret pattern can contain (keys, JWTs, webhook paths,
-# bearer tokens), so no such secret extends across a character outside this set.
-_TOKEN_RUN = re.compile(r"[A-Za-z0-9_\-./+=~]*\Z", re.ASCII)
 # A text that ends inside "key", 'key"', "key =", "key = val" or 'key: "a quoted val'.
 _OPEN_ASSIGNMENT = re.compile(
     _NAME
@@ -37,48 +34,83 @@ _OPEN_ASSIGNMENT = re.compile(
     re.ASCII,
 )
 _OPEN_BEARER = re.compile(r"bearer[ \t]*[a-z0-9._~+/=-]*\Z", re.ASCII)
+# Every character any token-shaped secret can contain (keys, JWTs, webhook paths, bearer
+# tokens), so no such secret extends across a character outside this set.
+_TOKEN_PREFIX = re.compile(r"[A-Za-z0-9_\-./+=~]*", re.ASCII)
+_WORD_PREFIX = re.compile(r"\S*")
 _PEM_BEGIN = "-----begin"
-_PEM_END = re.compile(r"-----end [^\r\n]*?-----", re.ASCII)
-# How far back from the end an open assignment or bearer prefix can start.
-_LOOKBACK = 320
+_PEM_KEY_LABEL = r"(?:[a-z0-9]+ ){0,3}private key(?: block)?-----"
+_PEM_KEY_BEGIN = re.compile(r"-----begin " + _PEM_KEY_LABEL, re.ASCII)
+_PEM_KEY_END = re.compile(r"-----end " + _PEM_KEY_LABEL, re.ASCII)
+# The longest key name with its assignment, and the longest quoted value, a generic
+# secret can have: how far before the trailing word an open assignment can start.
+_NAME_AND_ASSIGN = 64
+_QUOTED_VALUE = 200
 
 
-def _fold(text: str) -> str:
-    # ASCII-only lowercasing keeps every offset (the patterns above are ASCII).
-    return text.translate(_ASCII_LOWER)
+def _start_of(run: re.Pattern[str], text: str, index: int) -> int:
+    """The start of the run of ``run`` characters that ends at ``index``.
+
+    Matched on the reversed text: a regex anchored at the end (``[…]*\\Z``) would be
+    tried from every position of a long run, which is quadratic.
+    """
+    found = run.match(text[:index][::-1])
+    return index - (found.end() if found is not None else 0)
 
 
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+def _word_start(text: str) -> int:
+    """The start of the trailing run of non-space characters."""
+    if not text or text[-1].isspace():
+        return len(text)
+    return len(text) - len(text.rsplit(None, 1)[-1])
 
 
 def hold_from(text: str) -> int:
     """The offset from which ``text`` must wait: a secret may still be completing there."""
-    cut = len(text)
-    run = _TOKEN_RUN.search(text)
-    if run is not None:
-        cut = run.start()
-    window_start = max(0, len(text) - _LOOKBACK)
-    folded = _fold(text[window_start:])
+    cut = _start_of(_TOKEN_PREFIX, text, len(text))
+    folded = _fold(text)
+    # An assignment or "bearer" still open at the end: its key may be any distance before
+    # the end when the value is a long bare word, so look back past the trailing word.
+    window = max(0, min(_word_start(text), len(text) - _QUOTED_VALUE) - _NAME_AND_ASSIGN)
     for pattern in (_OPEN_ASSIGNMENT, _OPEN_BEARER):
-        match = pattern.search(folded)
+        match = pattern.search(folded, window)
         if match is not None:
-            cut = min(cut, window_start + match.start())
-    # A private key spans lines and spaces: never cut inside one, complete or not.
-    begin = _fold(text[:cut]).rfind(_PEM_BEGIN)
-    if begin >= 0:
-        end = _PEM_END.search(_fold(text), begin)
+            # Never cut inside a word: "…VCPWD" is the end of a key, not a name "pwd",
+            # and "=K9!mSecret" the end of a value, not a name "secret".
+            cut = min(cut, _start_of(_WORD_PREFIX, text, match.start()))
+    return _outside_private_keys(folded, cut)
+
+
+def _outside_private_keys(folded: str, cut: int) -> int:
+    """Move ``cut`` back to the start of a private-key block it would fall inside.
+
+    As the batch redactor does, a block runs from a private-key BEGIN line to the next
+    private-key END line, or to the end of the text when there is none.
+    """
+    position = 0
+    while (begin := folded.find(_PEM_BEGIN, position, cut)) >= 0:
+        label = _PEM_KEY_BEGIN.match(folded, begin)
+        if label is None:
+            if folded.find("-----", begin + len(_PEM_BEGIN)) < 0:
+                return begin  # the BEGIN line is still arriving
+            position = begin + 1  # a complete BEGIN of something else (a certificate)
+            continue
+        end = _PEM_KEY_END.search(folded, label.end())
         if end is None or end.end() > cut:
-            cut = begin
+            return begin
+        position = end.end()
     return cut
 
 
 class StreamRedactor:
     """Redacts one stream of text (one content block) delta by delta."""
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, counts: Counter[str] | None = None) -> None:
         self._redactor = redactor
         self._pending = ""
-        self.counts: Counter[str] = Counter()
+        # Shared with the caller when given, so redactions already released are counted
+        # even if the stream breaks before this block ends.
+        self.counts: Counter[str] = counts if counts is not None else Counter()
 
     def feed(self, delta: str) -> str:
         """Take the next piece; return the text that is safe to release now (maybe "")."""
