@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from agentzt.cli import app, paths_of
-from agentzt.cli.output import console
 from agentzt.config import Paths
 from agentzt.errors import UsageError
 from agentzt.identity import load_registry
@@ -54,7 +53,8 @@ def init_cmd(
     files = tls_files(paths_of(ctx))
     _, server = init_ca(files, now=now(), force=force, extra_names=tuple(san or ()))
     names = ", ".join(alt_names(server.certificate))
-    console.print(
+    # Plain output: a fingerprint must never be wrapped or styled, since it is copied.
+    typer.echo(
         f"agentzt CA and gateway certificate written to {files.directory}\n"
         f"  CA           {files.ca_cert} (key {files.ca_key.name}, 0600)\n"
         f"  gateway      {files.server_cert} for {names}\n"
@@ -81,8 +81,8 @@ def issue_cmd(
         raise UsageError(f"agent {agent!r} is not enrolled; run 'agentzt enroll' first")
     files = tls_files(paths)
     issued = issue_agent_certificate(files, paths.agents_toml, agent, now=now(), force=force)
-    console.print(
-        f"client certificate for [bold]{agent}[/]: {files.client_cert(agent)} "
+    typer.echo(
+        f"client certificate for {agent}: {files.client_cert(agent)} "
         f"(key 0600), valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}; "
         "the gateway accepts only this one for the agent from now on"
     )
