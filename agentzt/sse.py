@@ -4,11 +4,13 @@ byte stream into (event, data) pairs, and writing events back out."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from agentzt.errors import UpstreamError
 
+_EVENT_NAME = re.compile(r"[a-z_]{1,64}")
 # One event's data may not grow past this (a streamed answer sends small deltas).
 MAX_EVENT_BYTES = 1024 * 1024
 
@@ -64,6 +66,8 @@ def _parse(frame: bytes) -> tuple[str, dict[str, Any]] | None:
         field, _, value = raw.partition(":")
         value = value.removeprefix(" ")
         if field == "event":
+            if not _EVENT_NAME.fullmatch(value):
+                raise UpstreamError("upstream sent a stream event with a malformed name")
             name = value
         elif field == "data":
             data.append(value)

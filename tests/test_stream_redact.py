@@ -246,9 +246,10 @@ def test_released_text_is_always_a_prefix_of_the_batch_output() -> None:
 
 
 def test_hold_from_of_empty_and_plain_text() -> None:
-    assert hold_from("") == 0
-    assert hold_from("plain words end here. ") == len("plain words end here. ")
-    assert hold_from("plain words end her") == len("plain words end ")
+    redactor = Redactor()
+    assert hold_from("", redactor) == 0
+    assert hold_from("plain words end here. ", redactor) == len("plain words end here. ")
+    assert hold_from("plain words end her", redactor) == len("plain words end ")
 
 
 # ---------------------------------------------------------------------------------------

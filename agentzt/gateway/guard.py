@@ -49,6 +49,11 @@ class Guard:
         )
         self.redactor = Redactor()
 
+    @property
+    def reviews_output(self) -> bool:
+        """Whether model answers get the provider's output review (the local one has none)."""
+        return self.output.review and self.provider.name != "local"
+
     async def aclose(self) -> None:
         await self.provider.aclose()
 

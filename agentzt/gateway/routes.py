@@ -19,6 +19,7 @@ from agentzt.errors import (
     UnsupportedGrantTypeError,
 )
 from agentzt.gateway.call import Call
+from agentzt.gateway.model_request import check_fields
 from agentzt.gateway.service import Gateway
 from agentzt.gateway.streaming import open_stream
 from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
@@ -158,6 +159,7 @@ async def _model_request(
         raise InvalidRequestError("model is missing or not a valid model name")
     grant = gw.authorize(request, call, claims, role, Resource("model", model))
     _check_messages(body)
+    check_fields(body, counting=request.url.path.endswith("/count_tokens"))
     return body, role, grant
 
 
@@ -190,6 +192,13 @@ async def messages(gw: Gateway, request: Request, call: Call) -> Response:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false")
+    if stream and gw.guard.reviews_output:
+        # IMPORTANT: a stream cannot be withheld once sent, so with an output review
+        # configured, streaming would let an agent skip it.
+        raise InvalidRequestError(
+            "stream with output review on",
+            message="stream=true is unavailable while the output guardrail review is on",
+        )
     turns = message_turns(body)
     await _screen(gw, call, role, grant, turns)
     if stream:

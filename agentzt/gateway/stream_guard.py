@@ -50,36 +50,50 @@ class StreamGuard:
         self._blocks: dict[int, _Block] = {}
         self.counts: Counter[str] = Counter()
         self.usage: dict[str, int] = {}
+        self.finished = False
+
+    def end(self, outcome: str) -> None:
+        """Audit how the stream ended, once. Raises AuditWriteError if it cannot."""
+        if self.finished:
+            return
+        self.finished = True
+        self._finish(outcome, self._meta())
+
+    def abandon(self, outcome: str) -> None:
+        """``end`` for a stream that is already over for the agent: a failed write is
+        logged, since there is nobody left to refuse."""
+        try:
+            self.end(outcome)
+        except AuditWriteError as exc:
+            log.error("audit write failed for a stream that ended %s: %s", outcome, exc.detail)
 
     async def frames(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-        outcome = "agent_disconnected"
         try:
             async for name, data in events:
                 if name == "message_stop":
-                    outcome = "completed"
                     try:
-                        self._finish(outcome, self._meta())
+                        self.end("completed")
                     except AuditWriteError as exc:
                         log.error("audit write failed at the end of a stream: %s", exc.detail)
-                        outcome = "audit_failed"
                         yield error_frame("api_error", exc.message)
                         return
                     yield sse.encode(name, data)
                     return
                 for frame in self._handle(name, data):
                     yield frame
-            outcome = "upstream_ended_early"
+                if name == "error":
+                    # The upstream ended the stream with its own error event.
+                    self.abandon("upstream_error")
+                    return
+            self.abandon("upstream_ended_early")
             yield error_frame("api_error", "the upstream stream ended before message_stop")
         except AgentztError as exc:
-            outcome = "upstream_error"
             log.warning("upstream stream failed: %s", exc.detail)
+            self.abandon("upstream_error")
             yield error_frame(exc.error_type, exc.message)
         finally:
-            if outcome != "completed" and outcome != "audit_failed":
-                try:
-                    self._finish(outcome, self._meta())
-                except AuditWriteError as exc:
-                    log.error("audit write failed for a broken stream: %s", exc.detail)
+            # Whatever else stopped the stream: the agent went away.
+            self.abandon("agent_disconnected")
 
     def _meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"usage": dict(self.usage)}
@@ -158,9 +172,10 @@ class StreamGuard:
         try:
             parsed = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            text, counts = self._redactor.redact_text(raw)
-            self.counts.update(counts)
-            return {"type": "input_json_delta", "partial_json": text}
+            # IMPORTANT: input cut short (max_tokens) cannot be checked as JSON, and a
+            # partial parser would decode escapes text redaction cannot see: fail closed.
+            self.counts["unverified"] += 1
+            return {"type": "input_json_delta", "partial_json": "{}"}
         clean, counts = self._redactor.redact(parsed)
         self.counts.update(counts)
         return {"type": "input_json_delta", "partial_json": json.dumps(clean, ensure_ascii=False)}

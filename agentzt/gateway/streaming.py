@@ -76,12 +76,20 @@ async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str,
     guard = StreamGuard(redactor, finish)
 
     async def relay() -> AsyncIterator[bytes]:
+        frames = guard.frames(events)
         try:
-            async for frame in guard.frames(events):
+            async for frame in frames:
                 yield frame
         finally:
             with anyio.CancelScope(shield=True):
+                await frames.aclose()  # type: ignore[attr-defined]
                 await stack.aclose()
 
+    async def close() -> None:
+        # A stream that never started (the agent left first, or the decision could not
+        # be audited) still gets its outcome recorded, and its upstream closed.
+        guard.abandon("agent_disconnected")
+        await stack.aclose()
+
     call.meta["stream"] = True
-    return UpstreamStream(relay(), SSE_HEADERS, stack.aclose)
+    return UpstreamStream(relay(), SSE_HEADERS, close)

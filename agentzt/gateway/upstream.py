@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -20,8 +22,12 @@ from agentzt import sse
 from agentzt.config import UpstreamSettings
 from agentzt.errors import ConfigError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from agentzt.gateway import mock_upstream
+from agentzt.guardrails.secrets import Redactor
 
+log = logging.getLogger("agentzt.gateway")
 Event = tuple[str, dict[str, Any]]
+_REDACTOR = Redactor()
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 ANTHROPIC_VERSION = "2023-06-01"
 # Request headers an agent may set that the upstream API also reads.
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -124,7 +130,7 @@ class PassthroughUpstream:
                 allow_redirects=False,
             ) as resp:
                 if resp.status != 200:
-                    raise await _status_error(resp)
+                    raise await _status_error(resp, self._key)
                 answer = await resp.json(content_type=None)
         except (UpstreamError, asyncio.CancelledError):
             raise
@@ -157,7 +163,7 @@ class PassthroughUpstream:
             raise _fault(exc) from exc
         try:
             if resp.status != 200:
-                raise await _status_error(resp)
+                raise await _status_error(resp, self._key)
             yield _relay(resp)
         finally:
             # close(), not release(): an unfinished stream (the agent left) must drop the
@@ -182,7 +188,7 @@ def _fault(exc: BaseException) -> UpstreamError:
     return UpstreamError(f"upstream unreachable or broken: {type(exc).__name__}: {exc}")
 
 
-async def _status_error(resp: aiohttp.ClientResponse) -> UpstreamStatusError:
+async def _status_error(resp: aiohttp.ClientResponse, key: str) -> UpstreamError:
     try:
         body = await resp.json(content_type=None)
     except (ValueError, aiohttp.ClientError):
@@ -190,10 +196,18 @@ async def _status_error(resp: aiohttp.ClientResponse) -> UpstreamStatusError:
     error = body.get("error") if isinstance(body, dict) else None
     error_type = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
+    text = message if isinstance(message, str) else f"upstream answered {resp.status}"
+    # IMPORTANT: an upstream (or a gateway in front of it) may echo the credential.
+    text, _ = _REDACTOR.redact_text(text.replace(key, "[REDACTED:upstream-key]"))
+    if resp.status in (401, 403):
+        # The upstream refused the gateway's key: the agent's own token was fine, so this
+        # must not read as a 401 the proxy would answer by fetching a new token.
+        log.error("the upstream refused the gateway's credentials (%s)", resp.status)
+        return UpstreamError(f"upstream refused the gateway's credentials: {resp.status} {text}")
     return UpstreamStatusError(
         resp.status,
         error_type if isinstance(error_type, str) else "api_error",
-        message if isinstance(message, str) else f"upstream answered {resp.status}",
+        text,
         retry_after=resp.headers.get("retry-after"),
     )
 
@@ -203,6 +217,13 @@ def create_upstream(
 ) -> Upstream:
     if settings.mode == "mock":
         return MockUpstream()
+    if urlsplit(settings.base_url).hostname not in LOOPBACK_HOSTS and not (
+        settings.base_url.startswith("https://")
+    ):
+        # IMPORTANT: the enterprise key never crosses a network in clear text.
+        raise ConfigError(
+            f"{source}: key 'upstream.base_url' must be https (plain http only to loopback)"
+        )
     key = env.get(settings.api_key_env, "")
     if not key.strip():
         raise ConfigError(

@@ -320,6 +320,16 @@ class Redactor:
         self._detectors = _detectors()
         self._secret_key = re.compile(_NAME + r"\Z", re.ASCII | re.IGNORECASE)
 
+    def candidates(self, text: str, start: int = 0) -> list[tuple[int, int]]:
+        """Spans (whole matches, key included) of every pattern over ``text[start:]``,
+        accepted or not: where a secret could be. Used to keep cuts outside them."""
+        folded = _fold(text)
+        spans = []
+        for detector in self._detectors:
+            haystack = folded if detector.folded else text
+            spans += [m.span() for m in detector.pattern.finditer(haystack, start)]
+        return spans
+
     def redact_text(self, text: str) -> tuple[str, Counter[str]]:
         """Return ``text`` with every secret replaced, and the redactions by type."""
         counts: Counter[str] = Counter()

@@ -1,22 +1,23 @@
 """Secret redaction for text that arrives in pieces (streamed model answers).
 
 A secret may be split across any number of deltas, so text cannot be released as it
-comes: the tail that could still be the start of a secret waits for the next delta. How
-much waits is the smallest tail that any ``Redactor`` pattern could still complete:
+comes: the tail that could still become (part of) a secret waits for the next delta.
+The cut between what is released and what waits is placed so that redacting the
+released part alone gives what redacting the whole text would. It starts at the end and
+moves back:
 
-- the trailing run of token characters (every token-shaped secret is one such run, so a
-  run is released only once a character that cannot continue it has arrived);
-- from a secret-named key (``password``, ``api_key``, ``*_token`` ...) onwards, while the
-  text ends inside its assignment (``key``, ``key =``, ``key: "half a value``): the
-  ``generic-secret`` pattern needs the key and its value together;
-- from ``bearer`` onwards while the text ends inside ``bearer <token>``;
-- from a ``-----BEGIN`` until its ``-----END …-----`` arrives (a private key spans lines).
+- to the start of the trailing run of token characters (every token-shaped secret is
+  one such run, so it goes out only once a character that cannot continue it arrives);
+- to the start of the word holding a secret-named key or ``bearer`` while the text ends
+  inside its assignment (``key``, ``key =``, ``key: "half a value``);
+- out of every place a ``Redactor`` pattern matches across it (a key released without
+  its value would leave the value unrecognised);
+- to the start of a private-key block whose END has not arrived (a key spans lines).
 
-Everything before that tail is redacted with the batch ``Redactor`` and released; the
-cut always falls between two characters no pattern joins (a non-token character, or
-just before a key name), so redacting the released part alone finds exactly what
-redacting the whole text would. Ordinary prose releases each word when the next space
-arrives: the added latency is one word.
+Assignments and bearer tokens never span a line, so only the current line is searched.
+Ordinary prose is held about one word. A hold that grows past ``MAX_HOLD`` (a huge
+base64 run, an endless quoted value) is not released at all: it becomes
+``[REDACTED:unverified]``, fail closed, which also bounds the work per delta.
 """
 
 from __future__ import annotations
@@ -26,26 +27,28 @@ from collections import Counter
 
 from agentzt.guardrails.secrets import _NAME, Redactor, _fold
 
-# A text that ends inside "key", 'key"', "key =", "key = val" or 'key: "a quoted val'.
+MAX_HOLD = 32 * 1024
+UNVERIFIED = "unverified"
+# A text that ends inside "key", 'key"', 'key\\', "key =", "key = val" or
+# 'key: "a quoted val' (the quote may hold the other kind of quote, as in the batch).
 _OPEN_ASSIGNMENT = re.compile(
     _NAME
-    + r"(?:\\?[\"'])?[ \t]{0,8}"
-    + r"(?:(?::=?|=>?)[ \t]{0,8}(?:\\?[\"'][^\"'\r\n]{0,200}|[^\s\"'`,;&<>]*))?\Z",
+    + r"(?:\\?[\"']?)[ \t]{0,8}"
+    + r"(?:(?::=?|=>?)[ \t]{0,8}(?:\\?\"[^\"\r\n]*|\\?'[^'\r\n]*|\\|[^\s\"'`,;&<>]*))?\Z",
     re.ASCII,
 )
 _OPEN_BEARER = re.compile(r"bearer[ \t]*[a-z0-9._~+/=-]*\Z", re.ASCII)
 # Every character any token-shaped secret can contain (keys, JWTs, webhook paths, bearer
 # tokens), so no such secret extends across a character outside this set.
-_TOKEN_PREFIX = re.compile(r"[A-Za-z0-9_\-./+=~]*", re.ASCII)
+_RUN_CHARS = r"A-Za-z0-9_\-./+=~"
+_TOKEN_PREFIX = re.compile(rf"[{_RUN_CHARS}]*", re.ASCII)
+_ALL_TOKEN = re.compile(rf"[{_RUN_CHARS}]*\Z", re.ASCII)
 _WORD_PREFIX = re.compile(r"\S*")
-_PEM_BEGIN = "-----begin"
-_PEM_KEY_LABEL = r"(?:[a-z0-9]+ ){0,3}private key(?: block)?-----"
-_PEM_KEY_BEGIN = re.compile(r"-----begin " + _PEM_KEY_LABEL, re.ASCII)
-_PEM_KEY_END = re.compile(r"-----end " + _PEM_KEY_LABEL, re.ASCII)
-# The longest key name with its assignment, and the longest quoted value, a generic
-# secret can have: how far before the trailing word an open assignment can start.
-_NAME_AND_ASSIGN = 64
-_QUOTED_VALUE = 200
+# As the batch pattern has them: case-sensitive.
+_PEM_BEGIN = "-----BEGIN"
+_PEM_KEY_LABEL = r"(?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----"
+_PEM_KEY_BEGIN = re.compile(r"-----BEGIN " + _PEM_KEY_LABEL, re.ASCII)
+_PEM_KEY_END = re.compile(r"-----END " + _PEM_KEY_LABEL, re.ASCII)
 
 
 def _start_of(run: re.Pattern[str], text: str, index: int) -> int:
@@ -58,46 +61,50 @@ def _start_of(run: re.Pattern[str], text: str, index: int) -> int:
     return index - (found.end() if found is not None else 0)
 
 
-def _word_start(text: str) -> int:
-    """The start of the trailing run of non-space characters."""
-    if not text or text[-1].isspace():
-        return len(text)
-    return len(text) - len(text.rsplit(None, 1)[-1])
-
-
-def hold_from(text: str) -> int:
+def hold_from(text: str, redactor: Redactor) -> int:
     """The offset from which ``text`` must wait: a secret may still be completing there."""
     cut = _start_of(_TOKEN_PREFIX, text, len(text))
+    line = text.rfind("\n", 0, cut) + 1
     folded = _fold(text)
-    # An assignment or "bearer" still open at the end: its key may be any distance before
-    # the end when the value is a long bare word, so look back past the trailing word.
-    window = max(0, min(_word_start(text), len(text) - _QUOTED_VALUE) - _NAME_AND_ASSIGN)
     for pattern in (_OPEN_ASSIGNMENT, _OPEN_BEARER):
-        match = pattern.search(folded, window)
+        match = pattern.search(folded, line)
         if match is not None:
-            # Never cut inside a word: "…VCPWD" is the end of a key, not a name "pwd",
-            # and "=K9!mSecret" the end of a value, not a name "secret".
+            # Never cut inside a word: "…VCPWD" is the end of a key, not a name "pwd".
             cut = min(cut, _start_of(_WORD_PREFIX, text, match.start()))
-    return _outside_private_keys(folded, cut)
+    cut = _outside_candidates(text, cut, line, redactor)
+    return _outside_private_keys(text, cut)
 
 
-def _outside_private_keys(folded: str, cut: int) -> int:
+def _outside_candidates(text: str, cut: int, line: int, redactor: Redactor) -> int:
+    """Move ``cut`` back until no pattern match spans it."""
+    spans = redactor.candidates(text, line) if cut > line else []
+    moved = True
+    while moved:
+        moved = False
+        for start, end in spans:
+            if start < cut < end:
+                cut, moved = _start_of(_WORD_PREFIX, text, start), True
+    return cut
+
+
+def _outside_private_keys(text: str, cut: int) -> int:
     """Move ``cut`` back to the start of a private-key block it would fall inside.
 
     As the batch redactor does, a block runs from a private-key BEGIN line to the next
     private-key END line, or to the end of the text when there is none.
     """
     position = 0
-    while (begin := folded.find(_PEM_BEGIN, position, cut)) >= 0:
-        label = _PEM_KEY_BEGIN.match(folded, begin)
+    while (begin := text.find(_PEM_BEGIN, position, cut)) >= 0:
+        label = _PEM_KEY_BEGIN.match(text, begin)
         if label is None:
-            if folded.find("-----", begin + len(_PEM_BEGIN)) < 0:
-                return begin  # the BEGIN line is still arriving
+            if text.find("-----", begin + len(_PEM_BEGIN)) < 0:
+                # The BEGIN line is still arriving; keep a token run it ends intact.
+                return _start_of(_TOKEN_PREFIX, text, begin)
             position = begin + 1  # a complete BEGIN of something else (a certificate)
             continue
-        end = _PEM_KEY_END.search(folded, label.end())
+        end = _PEM_KEY_END.search(text, label.end())
         if end is None or end.end() > cut:
-            return begin
+            return _start_of(_TOKEN_PREFIX, text, begin)
         position = end.end()
     return cut
 
@@ -108,26 +115,82 @@ class StreamRedactor:
     def __init__(self, redactor: Redactor, counts: Counter[str] | None = None) -> None:
         self._redactor = redactor
         self._pending = ""
+        # True while everything pending is one token run: the next all-token delta only
+        # extends it, so nothing needs recomputing (a long base64 run stays linear).
+        self._one_run = False
+        self._parts: list[str] = []
+        self._in_private_key = False
+        self._held = 0
+        self._tail = ""
+        # What is held is one private-key block whose END has not been seen.
+        self._key_open = False
         # Shared with the caller when given, so redactions already released are counted
         # even if the stream breaks before this block ends.
         self.counts: Counter[str] = counts if counts is not None else Counter()
 
     def feed(self, delta: str) -> str:
         """Take the next piece; return the text that is safe to release now (maybe "")."""
-        text = self._pending + delta
-        cut = hold_from(text)
+        if self._in_private_key:
+            delta = self._swallow_key(delta)
+            if not delta:
+                return ""
+        if (self._one_run and _ALL_TOKEN.match(delta)) or (
+            # Inside a private key: a delta without a dash cannot complete its END line.
+            self._key_open and "-" not in delta
+        ):
+            self._parts.append(delta)
+            self._held += len(delta)
+            return self._overflow() if self._held > MAX_HOLD else ""
+        text = self._pending + "".join(self._parts) + delta
+        self._parts, self._one_run = [], False
+        cut = hold_from(text, self._redactor)
         self._pending = text[cut:]
-        return self._release(text[:cut])
+        self._held = len(self._pending)
+        self._one_run = bool(self._pending) and bool(_ALL_TOKEN.match(self._pending))
+        self._key_open = bool(_PEM_KEY_BEGIN.match(self._pending)) and (
+            _PEM_KEY_END.search(self._pending) is None
+        )
+        released = self._release(text[:cut])
+        if self._held > MAX_HOLD:
+            released += self._overflow()
+        return released
 
     def flush(self) -> str:
         """The stream ended: release what waited, redacted as a whole."""
-        text, self._pending = self._pending, ""
+        text = self._pending + "".join(self._parts)
+        self._pending, self._parts, self._one_run, self._held = "", [], False, 0
+        self._key_open = False
+        if self._in_private_key:
+            return ""
         return self._release(text)
 
     @property
     def waiting(self) -> int:
         """Characters held back right now (for tests and metrics)."""
-        return len(self._pending)
+        return len(self._pending) + sum(map(len, self._parts))
+
+    def _overflow(self) -> str:
+        """A hold too long to verify: replaced, never released (fail closed)."""
+        text = self._pending + "".join(self._parts)
+        self._pending, self._parts, self._one_run, self._held = "", [], False, 0
+        self._key_open = False
+        begin = _outside_private_keys(text, len(text))
+        if begin < len(text):
+            # Inside a private key: everything until its END line is part of it.
+            self._in_private_key = True
+        self.counts[UNVERIFIED] += 1
+        return f"[REDACTED:{UNVERIFIED}]"
+
+    def _swallow_key(self, delta: str) -> str:
+        """The rest of an overlong private key: dropped up to its END line."""
+        self._tail += delta
+        end = _PEM_KEY_END.search(self._tail)
+        if end is None:
+            self._tail = self._tail[-256:]  # enough to see an END line split in two
+            return ""
+        rest = self._tail[end.end() :]
+        self._tail, self._in_private_key = "", False
+        return rest
 
     def _release(self, text: str) -> str:
         if not text:

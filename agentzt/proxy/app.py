@@ -266,7 +266,9 @@ def create_proxy_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, ssl=tls or True)
-        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
+        # Longer than the gateway's longest upstream timeout (3600 s), so the gateway's
+        # own 504 is what an agent sees.
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=3700)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             link.http = http
             link.session = TokenSession(agent_id=agent_id, key=key, gateway_url=gateway, http=http)

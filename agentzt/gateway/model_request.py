@@ -1,0 +1,70 @@
+"""What a Messages API request may ask for through agentzt.
+
+The gateway forwards only what it can read and govern. Fields outside this list, server
+tools and MCP servers (which would run with the enterprise key outside the gateway's
+tool policy), and content the guardrail cannot read (``url`` and ``file`` sources) are
+refused with 400, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentzt.errors import InvalidRequestError
+
+ALLOWED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+    }
+)
+# count_tokens takes the request without the sampling settings.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+# Sources the guardrail reads (text) or that carry their bytes inline (base64).
+READABLE_SOURCES = frozenset({"text", "base64", "content"})
+
+
+def _refuse(reason: str) -> InvalidRequestError:
+    return InvalidRequestError(reason, message=reason)
+
+
+def check_fields(body: dict[str, Any], *, counting: bool = False) -> None:
+    allowed = COUNT_FIELDS if counting else ALLOWED_FIELDS
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        shown = unknown[0][:64]
+        raise _refuse(f"field '{shown}' is not accepted through agentzt")
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type", "custom") != "custom":
+            raise _refuse("server tools are not accepted through agentzt; define custom tools")
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            _check_sources(content)
+    if isinstance(body.get("system"), list):
+        _check_sources(body["system"])
+
+
+def _check_sources(blocks: list[Any]) -> None:
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        source = block.get("source")
+        if isinstance(source, dict) and source.get("type") not in READABLE_SOURCES:
+            kind = str(source.get("type"))[:32]
+            raise _refuse(f"content source type '{kind}' is not accepted: send the content")
+        nested = block.get("content")
+        if isinstance(nested, list):
+            _check_sources(nested)
