@@ -509,7 +509,15 @@ def test_client_tls_pin_refuses_another_gateway_certificate(
           env=_env(AGENTZT_TLS_PIN=colon_hex(server_digest)))  # fmt: skip
     for port, log in ((wrong_port, wrong_log), (right_port, right_log)):
         wait_ready(f"http://127.0.0.1:{port}/healthz", procs, log)
-    health = httpx.get(f"{gateway_url}/healthz", verify=trusting(files, "a1"), timeout=5)
+    # The proxies answer /healthz on their own; the gateway may still be starting.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            health = httpx.get(f"{gateway_url}/healthz", verify=trusting(files, "a1"), timeout=5)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, gw_log.read_text()
+            time.sleep(0.1)
     assert health.json() == {"status": "ok"}
 
     before = read_events(paths.audit_log)

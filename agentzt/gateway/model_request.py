@@ -30,7 +30,7 @@ ALLOWED_FIELDS = frozenset(
         "service_tier",
     }
 )
-# count_tokens takes the request without the sampling settings.
+# What count_tokens forwards: the request without max_tokens and the sampling settings.
 COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 # Sources the guardrail reads (text) or that carry their bytes inline (base64).
 READABLE_SOURCES = frozenset({"text", "base64", "content"})
@@ -40,9 +40,8 @@ def _refuse(reason: str) -> InvalidRequestError:
     return InvalidRequestError(reason, message=reason)
 
 
-def check_fields(body: dict[str, Any], *, counting: bool = False) -> None:
-    allowed = COUNT_FIELDS if counting else ALLOWED_FIELDS
-    unknown = sorted(set(body) - allowed)
+def check_fields(body: dict[str, Any]) -> None:
+    unknown = sorted(set(body) - ALLOWED_FIELDS)
     if unknown:
         shown = unknown[0][:64]
         raise _refuse(f"field '{shown}' is not accepted through agentzt")

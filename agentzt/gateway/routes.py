@@ -19,7 +19,7 @@ from agentzt.errors import (
     UnsupportedGrantTypeError,
 )
 from agentzt.gateway.call import Call
-from agentzt.gateway.model_request import check_fields
+from agentzt.gateway.model_request import COUNT_FIELDS, check_fields
 from agentzt.gateway.service import Gateway
 from agentzt.gateway.streaming import open_stream
 from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
@@ -159,7 +159,7 @@ async def _model_request(
         raise InvalidRequestError("model is missing or not a valid model name")
     grant = gw.authorize(request, call, claims, role, Resource("model", model))
     _check_messages(body)
-    check_fields(body, counting=request.url.path.endswith("/count_tokens"))
+    check_fields(body)
     return body, role, grant
 
 
@@ -214,7 +214,10 @@ async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
     await _screen(gw, call, role, None, message_turns(body))
     if grant is not None:
         call.meta["via"] = "jit"
-    return json_response(await gw.upstream.count_tokens(body, request.headers))
+    # Clients often count the very body they will send; the fields counting does not
+    # take (max_tokens, sampling) are dropped rather than refused.
+    counted = {k: v for k, v in body.items() if k in COUNT_FIELDS}
+    return json_response(await gw.upstream.count_tokens(counted, request.headers))
 
 
 async def models(gw: Gateway, request: Request, call: Call) -> Response:
