@@ -35,11 +35,13 @@ class UpstreamStream(StreamingResponse):
         self,
         iterator: AsyncIterator[bytes],
         headers: dict[str, str],
-        close_upstream: Callable[[], Awaitable[None]],
+        close: Callable[[], Awaitable[None]],
+        discard: Callable[[], Awaitable[None]],
     ) -> None:
         super().__init__(iterator, media_type="text/event-stream", headers=headers)
         self._iterator = iterator
-        self._close_upstream = close_upstream
+        self._close = close
+        self._discard = discard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -47,11 +49,13 @@ class UpstreamStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._iterator.aclose()  # type: ignore[attr-defined]
-                await self._close_upstream()
+                await self._close()
 
     async def discard(self) -> None:
+        """Never sent (its decision could not be audited): close the upstream, record
+        nothing more."""
         with anyio.CancelScope(shield=True):
-            await self._close_upstream()
+            await self._discard()
 
 
 async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str, Any]) -> Response:
@@ -86,10 +90,10 @@ async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str,
                 await stack.aclose()
 
     async def close() -> None:
-        # A stream that never started (the agent left first, or the decision could not
-        # be audited) still gets its outcome recorded, and its upstream closed.
+        # A stream that never started (the agent left first) still gets its outcome
+        # recorded, and its upstream closed.
         guard.abandon("agent_disconnected")
         await stack.aclose()
 
     call.meta["stream"] = True
-    return UpstreamStream(relay(), SSE_HEADERS, close)
+    return UpstreamStream(relay(), SSE_HEADERS, close=close, discard=stack.aclose)
