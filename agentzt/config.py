@@ -187,6 +187,9 @@ class UpstreamSettings:
 @dataclass(frozen=True)
 class LimitSettings:
     max_body_bytes: int = 1024 * 1024
+    # Streams one agent may have open at once: each holds an upstream connection from a
+    # pool all agents share, for as long as the agent keeps reading.
+    max_concurrent_streams: int = 8
 
 
 RISK_LEVEL_CHOICES = ("no_risk", "low_risk", "medium_risk", "high_risk")
@@ -277,7 +280,8 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
 
     lim = root.table("limits")
     limits = LimitSettings(
-        max_body_bytes=lim.integer("max_body_bytes", 1024 * 1024, low=1024, high=64 * 1024 * 1024)
+        max_body_bytes=lim.integer("max_body_bytes", 1024 * 1024, low=1024, high=64 * 1024 * 1024),
+        max_concurrent_streams=lim.integer("max_concurrent_streams", 8, low=1, high=1000),
     )
     lim.finish()
     guardrails = _guardrail_settings(root.table("guardrails"))

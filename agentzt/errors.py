@@ -194,8 +194,10 @@ class RateLimitedError(AgentztError):
     error_type = "rate_limit_error"
     message = "rate limit exceeded"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
-        super().__init__(detail)
+    def __init__(
+        self, detail: str | None = None, *, retry_after: int = 1, message: str | None = None
+    ) -> None:
+        super().__init__(detail, message=message)
         self.retry_after = retry_after
 
 

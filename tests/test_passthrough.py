@@ -365,3 +365,30 @@ def test_a_stream_whose_outcome_cannot_be_audited_ends_in_an_error_event(
     events = parse(rest)
     assert events[-1][0] == "error"
     assert all(name != "message_stop" for name, _ in events)
+
+
+def test_an_agent_cannot_hold_more_open_streams_than_its_limit(
+    paths: Paths, fake: FakeAnthropic
+) -> None:
+    toml = paths.gateway_toml.read_text().replace(
+        "max_concurrent_streams = 8", "max_concurrent_streams = 2"
+    )
+    paths.gateway_toml.write_text(toml)
+    fake.script.endless = True
+    with passthrough_stack(paths, fake.url) as stack, stack.proxy_client() as http:
+        assert http.post("/v1/messages", json=BODY).status_code == 200
+        with (
+            http.stream("POST", "/v1/messages", json={**BODY, "stream": True}) as one,
+            http.stream("POST", "/v1/messages", json={**BODY, "stream": True}) as two,
+        ):
+            assert (one.status_code, two.status_code) == (200, 200)
+            third = http.post("/v1/messages", json={**BODY, "stream": True})
+            assert third.status_code == 429
+            assert "too many open streams" in third.json()["error"]["message"]
+            assert third.headers["retry-after"] == "1"
+            assert http.post("/v1/messages", json=BODY).status_code == 200  # calls still pass
+        # Closing a stream frees its slot.
+        assert wait_for(lambda: fake.stream_closed.count("client_gone") == 2)
+        fake.script.endless = False
+        again = http.post("/v1/messages", json={**BODY, "stream": True})
+        assert again.status_code == 200

@@ -1,8 +1,10 @@
-"""Per-agent request rate limits: a sliding-window counter with O(1) work per call."""
+"""Per-agent limits: requests per minute (a sliding-window counter with O(1) work per
+call) and streams open at once."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 
 from agentzt.errors import RateLimitedError
@@ -64,3 +66,31 @@ class SlidingWindowLimiter:
         stale = [k for k, s in self._state.items() if start - s[0] > self._window]
         for key in stale:
             del self._state[key]
+
+
+class StreamSlots:
+    """Open streams per agent, so one agent cannot hold the whole upstream pool."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open: Counter[str] = Counter()
+
+    def take(self, agent_id: str) -> Callable[[], None]:
+        """A slot for one stream, or RateLimitedError; returns its (idempotent) release."""
+        if self._open[agent_id] >= self._limit:
+            raise RateLimitedError(
+                f"{self._open[agent_id]} streams already open (limit {self._limit})",
+                message=f"too many open streams for this agent (limit {self._limit})",
+            )
+        self._open[agent_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._open[agent_id] -= 1
+                if not self._open[agent_id]:
+                    del self._open[agent_id]
+
+        return release

@@ -19,7 +19,7 @@ from agentzt.config import GatewaySettings, Paths, load_gateway_settings
 from agentzt.errors import AuthenticationError, PermissionDeniedError
 from agentzt.gateway.call import Call
 from agentzt.gateway.guard import Guard
-from agentzt.gateway.ratelimit import SlidingWindowLimiter
+from agentzt.gateway.ratelimit import SlidingWindowLimiter, StreamSlots
 from agentzt.gateway.upstream import Upstream, create_upstream
 from agentzt.identity import (
     AccessClaims,
@@ -105,6 +105,7 @@ class Gateway:
         )
         self.grant_uses = GrantUses(clock)
         self.limiter = SlidingWindowLimiter(clock)
+        self.stream_slots = StreamSlots(self.settings.limits.max_concurrent_streams)
         self.toolbox: ToolBox = default_toolbox()
         self.max_body_bytes = self.settings.limits.max_body_bytes
         self.audit = AuditLog(paths.audit_log, clock=clock)

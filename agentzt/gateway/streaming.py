@@ -59,8 +59,15 @@ class UpstreamStream(StreamingResponse):
 
 
 async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str, Any]) -> Response:
+    release = gw.stream_slots.take(str(call.agent_id))
     stack = contextlib.AsyncExitStack()
-    events = await stack.enter_async_context(gw.upstream.stream(body, request.headers))
+    try:
+        events = await stack.enter_async_context(gw.upstream.stream(body, request.headers))
+    except BaseException:
+        release()
+        raise
+    # Registered last, so it runs first: the slot is free before the upstream is closed.
+    stack.callback(release)
 
     def finish(outcome: str, meta: dict[str, Any]) -> None:
         gw.audit.append(
