@@ -377,6 +377,23 @@ def start_up(
     return proc, log
 
 
+def assert_stops_cleanly(
+    proc: subprocess.Popen[bytes], log: Path, gw_port: int, client_port: int
+) -> None:
+    """SIGTERM stops the ``up`` tree: exit 0, both children gone, both ports closed."""
+    children = children_of(proc.pid)
+    assert len(children) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, log.read_text()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid) for pid in children):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in children)
+    assert not listening(gw_port)
+    assert not listening(client_port)
+    assert "Traceback" not in log.read_text()
+
+
 def test_up_serves_and_stops_cleanly_on_sigterm(
     paths: Paths, tmp_path: Path, up_process: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -413,18 +430,7 @@ def test_up_serves_and_stops_cleanly_on_sigterm(
     assert resp.json()["type"] == "message"
     assert httpx.get(f"http://127.0.0.1:{gw_port}/healthz", timeout=5).json() == {"status": "ok"}
 
-    children = children_of(proc.pid)
-    assert len(children) == 2
-
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 0, log.read_text()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(alive(pid) for pid in children):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in children)
-    assert not listening(gw_port)
-    assert not listening(client_port)
-    assert "Traceback" not in log.read_text()
+    assert_stops_cleanly(proc, log, gw_port, client_port)
 
 
 def test_up_exits_1_naming_the_gateway_when_it_cannot_start(

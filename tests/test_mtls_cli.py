@@ -26,7 +26,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from test_cli import _env, alive, assert_one_line_error, children_of, free_port, listening, snapshot
+from test_cli import (
+    _env,
+    assert_one_line_error,
+    assert_stops_cleanly,
+    free_port,
+    listening,
+    snapshot,
+)
 from test_cli import agentzt as cli
 
 from agentzt.audit import read_events
@@ -474,17 +481,7 @@ def test_up_mtls_end_to_end(
     assert [e["meta"].get("cnf") for e in issued] == [{"x5t#S256": thumbprint}] * len(issued)
     assert {e["agent_id"] for e in issued} == {"a1"}
 
-    children = children_of(proc.pid)
-    assert len(children) == 2
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 0, log.read_text()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(alive(pid) for pid in children):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in children)
-    assert not listening(gw_port)
-    assert not listening(client_port)
-    assert "Traceback" not in log.read_text()
+    assert_stops_cleanly(proc, log, gw_port, client_port)
 
 
 def test_client_tls_pin_refuses_another_gateway_certificate(
