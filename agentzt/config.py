@@ -164,11 +164,31 @@ class Paths:
     def tls_dir(self) -> Path:
         return self.home / "tls"
 
+    @property
+    def token_ledger(self) -> Path:
+        return self.home / "gateway" / "tokens.db"
+
+    @property
+    def replay_journal(self) -> Path:
+        return self.home / "gateway" / "replay.journal"
+
+    @property
+    def operator_token(self) -> Path:
+        return self.home / "gateway" / "operator.token"
+
 
 @dataclass(frozen=True)
 class TokenSettings:
     access_token_ttl_seconds: int = 300
     assertion_max_age_seconds: int = 60
+    # RFC 9449 sender constraint: required | optional | off.
+    dpop: str = "required"
+    # How old a DPoP proof may be (its iat), clock skew aside.
+    dpop_proof_max_age_seconds: int = 60
+
+    @property
+    def dpop_required(self) -> bool:
+        return self.dpop == "required"
 
 
 @dataclass(frozen=True)
@@ -272,6 +292,10 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
         ),
         assertion_max_age_seconds=tokens_t.integer(
             "assertion_max_age_seconds", 60, low=5, high=300
+        ),
+        dpop=tokens_t.string("dpop", "required", choices=("required", "optional", "off")),
+        dpop_proof_max_age_seconds=tokens_t.integer(
+            "dpop_proof_max_age_seconds", 60, low=5, high=300
         ),
     )
     tokens_t.finish()

@@ -20,13 +20,16 @@ attacker-supplied data or secrets. ``detail`` is for the audit log and the opera
     │   │   ├── LifetimeTooLongError          exp - iat over the maximum
     │   │   ├── InvalidIssuerError            iss is not the one expected
     │   │   ├── InvalidAudienceError          aud is not exactly the one expected
-    │   │   └── ReplayedTokenError            jti already seen
+    │   │   ├── ReplayedTokenError            jti already seen
+    │   │   └── RevokedTokenError             revoked, or not in the issuance ledger
+    │   ├── InvalidDpopProofError         DPoP proof missing or failing a check
     │   └── UnknownAgentError             no active identity for the subject
     ├── PermissionDeniedError         403 permission_error
     │   └── GuardrailBlockedError         403 guardrail_blocked
     ├── InvalidRequestError           400 invalid_request_error
     │   ├── UnsupportedGrantTypeError     token endpoint: not client_credentials
     │   ├── InvalidScopeError             token endpoint: scope outside the role
+    │   ├── TaskEndedError                token endpoint: the task was ended
     │   └── ToolParameterError            tool arguments failed validation
     ├── NotFoundError                 404 not_found_error
     ├── RequestTooLargeError          413 request_too_large
@@ -36,6 +39,7 @@ attacker-supplied data or secrets. ``detail`` is for the audit log and the opera
     │   └── UpstreamStatusError       the upstream's own 4xx/5xx, relayed
     ├── GuardrailUnavailableError     503 api_error              (fail_open = false)
     ├── AuditWriteError               503 api_error              exit 1
+    ├── StateStoreError               503 api_error              (token ledger, replay journal)
     └── AuditChainError               (verify only)              exit 1
 """
 
@@ -51,6 +55,9 @@ class AgentztError(Exception):
     oauth_error: str = "server_error"
     exit_code: int = 1
     message: str = "internal error"
+    # The status at the token endpoint when it differs from ``status`` (RFC 9449 wants
+    # 400 for a bad DPoP proof there, 401 on a resource call).
+    oauth_status: int | None = None
 
     def __init__(self, detail: str | None = None, *, message: str | None = None) -> None:
         if message is not None:
@@ -130,6 +137,16 @@ class ReplayedTokenError(TokenError):
     message = "token has already been used"
 
 
+class RevokedTokenError(TokenError):
+    message = "token is revoked or was never issued"
+
+
+class InvalidDpopProofError(AuthenticationError):
+    oauth_error = "invalid_dpop_proof"
+    oauth_status = 400
+    message = "invalid DPoP proof"
+
+
 class UnknownAgentError(AuthenticationError):
     # IMPORTANT: the message must not reveal whether the agent id exists.
     message = "authentication failed"
@@ -163,6 +180,10 @@ class UnsupportedGrantTypeError(InvalidRequestError):
 class InvalidScopeError(InvalidRequestError):
     oauth_error = "invalid_scope"
     message = "requested scope is not available to this client"
+
+
+class TaskEndedError(InvalidRequestError):
+    message = "this task has ended; start a new task id"
 
 
 class ToolParameterError(InvalidRequestError):
@@ -248,6 +269,13 @@ class GuardrailUnavailableError(AgentztError):
 class AuditWriteError(AgentztError):
     status = 503
     message = "audit log unavailable; request refused"
+
+
+class StateStoreError(AgentztError):
+    """The token ledger or the replay journal could not be read or written: fail closed."""
+
+    status = 503
+    message = "token state unavailable; request refused"
 
 
 class AuditChainError(AgentztError):

@@ -125,6 +125,7 @@ def oauth_error_response(exc: AgentztError) -> Response:
     # PROTOCOL.md: the token endpoint answers 400 or 401 (429 and 5xx keep their
     # meaning for clients that back off or retry).
     status = exc.status if exc.status in (401, 429) or exc.status >= 500 else 400
+    status = exc.oauth_status or status
     headers = {"cache-control": "no-store"}
     if isinstance(exc, RateLimitedError):
         headers["retry-after"] = str(exc.retry_after)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import calendar
-import shutil
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +59,46 @@ def _offline_guardrails(monkeypatch: pytest.MonkeyPatch) -> None:
 def paths(tmp_path: Path) -> Paths:
     config = tmp_path / "config"
     config.mkdir()
-    shutil.copy(REPO / "config" / "gateway.toml", config / "gateway.toml")
+    # Most tests call the gateway directly with plain bearer tokens to exercise what lies
+    # behind authentication, so they run with dpop = "optional": a token asked for
+    # without a proof is a bearer token. The proxy always sends proofs, so every call
+    # through it is DPoP-bound and proof-checked; tests/test_dpop.py covers "required".
+    (config / "gateway.toml").write_text(
+        allow_bearer((REPO / "config" / "gateway.toml").read_text())
+    )
     policy = (REPO / "config" / "policy.toml").read_text() + TEST_ROLES
     (config / "policy.toml").write_text(policy)
     return Paths(config_dir=config, home=tmp_path / "home")
+
+
+def allow_bearer(gateway_toml: str) -> str:
+    """``gateway_toml`` with ``dpop = "optional"`` (see the ``paths`` fixture)."""
+    if 'dpop = "required"' in gateway_toml:
+        return gateway_toml.replace('dpop = "required"', 'dpop = "optional"')
+    assert "dpop =" not in gateway_toml
+    if "[tokens]\n" in gateway_toml:
+        return gateway_toml.replace("[tokens]\n", '[tokens]\ndpop = "optional"\n')
+    return gateway_toml + '\n[tokens]\ndpop = "optional"\n'
+
+
+def in_ledger(gateway: Gateway, token: str) -> str:
+    """Record a token a test minted itself in the gateway's issuance ledger, as the token
+    endpoint records what it issues (the gateway refuses any token the ledger lacks)."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    cnf = claims.get("cnf", {})
+    binding = "+".join(k for k, c in (("dpop", "jkt"), ("mtls", "x5t#S256")) if c in cnf)
+    gateway.ledger.record(
+        jti=claims["jti"],
+        agent_id=claims["sub"],
+        role=claims["role"],
+        task_id=claims.get("task"),
+        scope=claims["scope"],
+        binding=binding or "bearer",
+        issued_at=claims["iat"],
+        expires_at=claims["exp"],
+    )
+    return token
 
 
 def enroll_agent(paths: Paths, agent_id: str, role: str) -> SigningKey:

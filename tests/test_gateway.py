@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import anthropic
 import httpx
 import pytest
-from conftest import REPO, TEST_ROLES, Stack, enroll_agent
+from conftest import REPO, TEST_ROLES, Stack, allow_bearer, enroll_agent
 from jsonschema import Draft202012Validator
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -105,7 +105,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("shared")
     config = root / "config"
     config.mkdir()
-    (config / "gateway.toml").write_bytes((REPO / "config" / "gateway.toml").read_bytes())
+    (config / "gateway.toml").write_text(
+        allow_bearer((REPO / "config" / "gateway.toml").read_text())
+    )
     policy = (REPO / "config" / "policy.toml").read_text() + TEST_ROLES
     raised = policy.replace("requests_per_minute = 120", "requests_per_minute = 100000")
     assert raised != policy

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, Clock, at, enroll_agent
+from conftest import REPO, Clock, allow_bearer, at, enroll_agent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -133,7 +133,7 @@ def serve(
     (rate limits raised: the clock never moves) and agent-1 and ops-1 enrolled."""
     config = root / "config"
     config.mkdir()
-    (config / "gateway.toml").write_text(gateway_toml)
+    (config / "gateway.toml").write_text(allow_bearer(gateway_toml))
     policy = (REPO / "config" / "policy.toml").read_text()
     raised = re.sub(r"requests_per_minute = \d+", "requests_per_minute = 100000", policy)
     assert raised != policy

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, Clock, at, enroll_agent
+from conftest import REPO, Clock, allow_bearer, at, enroll_agent
 
 from agentzt.audit import read_events, verify_chain
 from agentzt.config import Paths
@@ -106,7 +106,7 @@ AGENTS = {
 def make_env(tmp_path: Any, gateway_toml: str = "") -> Iterator[Env]:
     config = tmp_path / "config"
     config.mkdir()
-    (config / "gateway.toml").write_text(gateway_toml)
+    (config / "gateway.toml").write_text(allow_bearer(gateway_toml))
     policy = (REPO / "config" / "policy.toml").read_text() + EXTRA_ROLES
     (config / "policy.toml").write_text(policy)
     paths = Paths(config_dir=config, home=tmp_path / "home")

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import enroll_agent
+from conftest import enroll_agent, in_ledger
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agentzt.audit import read_events
-from agentzt.config import GatewaySettings, Paths, TlsSettings
+from agentzt.config import GatewaySettings, Paths, TlsSettings, TokenSettings
 from agentzt.errors import ConfigError, UsageError
 from agentzt.gateway import Gateway, create_app
 from agentzt.identity import CLIENT_ASSERTION_TYPE, SigningKey, make_assertion, read_private_key
@@ -203,7 +203,9 @@ class MtlsStack:
 
 
 def mtls_settings() -> GatewaySettings:
-    return dataclasses.replace(GatewaySettings(), tls=TlsSettings(mode="mtls"))
+    return dataclasses.replace(
+        GatewaySettings(), tls=TlsSettings(mode="mtls"), tokens=TokenSettings(dpop="optional")
+    )
 
 
 @pytest.fixture
@@ -431,6 +433,7 @@ def test_an_unbound_token_is_refused_over_mtls(mtls: MtlsStack) -> None:
         "agent-1", "demo-agent", ["model:claude-sonnet-4-6"]
     )
     assert claims.x5t is None
+    in_ledger(mtls.gateway, token)
     resp = _call(mtls, mtls.context_for("agent-1"), token)
     assert resp.status_code == 401
     assert "channel binding" in resp.json()["error"]["message"]
@@ -443,6 +446,7 @@ def test_a_bound_token_is_refused_by_a_gateway_without_mtls(paths: Paths) -> Non
     token, _ = gateway.issuer_of_tokens.issue(
         "agent-1", "demo-agent", ["model:claude-sonnet-4-6"], x5t="A" * 43
     )
+    in_ledger(gateway, token)
     with running(create_app(gateway), sock) as server:
         resp = httpx.get(f"{server.url}/v1/models", headers={"authorization": f"Bearer {token}"})
     assert resp.status_code == 401

@@ -38,7 +38,7 @@ from test_cli import agentzt as cli
 
 from agentzt.audit import read_events
 from agentzt.config import Paths
-from agentzt.identity import load_registry
+from agentzt.identity import load_registry, read_private_key
 from agentzt.tls import TlsFiles, init_ca, issue_client_files
 from agentzt.tls.pki import issue_agent_certificate
 
@@ -478,7 +478,10 @@ def test_up_mtls_end_to_end(
     issued = [e for e in read_events(paths.audit_log) if e["action"] == "token.issue"]
     assert issued, read_events(paths.audit_log)
     thumbprint = x5t(files.client_cert("a1"))
-    assert [e["meta"].get("cnf") for e in issued] == [{"x5t#S256": thumbprint}] * len(issued)
+    # Both bindings apply: the certificate (RFC 8705) and the agent key (DPoP, RFC 9449).
+    jkt = read_private_key(paths.identity_key("a1")).public.kid
+    bound = {"x5t#S256": thumbprint, "jkt": jkt}
+    assert [e["meta"].get("cnf") for e in issued] == [bound] * len(issued)
     assert {e["agent_id"] for e in issued} == {"a1"}
 
     assert_stops_cleanly(proc, log, gw_port, client_port)
@@ -533,7 +536,10 @@ def test_client_tls_pin_refuses_another_gateway_certificate(
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["type"] == "message"
     issued = [e for e in read_events(paths.audit_log) if e["action"] == "token.issue"]
-    assert [e["meta"].get("cnf") for e in issued] == [{"x5t#S256": x5t(files.client_cert("a1"))}]
+    jkt = read_private_key(paths.identity_key("a1")).public.kid
+    assert [e["meta"].get("cnf") for e in issued] == [
+        {"x5t#S256": x5t(files.client_cert("a1")), "jkt": jkt}
+    ]
 
     # The operator reads the reason as a sentence, not as a Python tuple.
     assert message == (

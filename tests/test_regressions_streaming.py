@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from conftest import enroll_agent
+from conftest import enroll_agent, in_ledger
 from fake_anthropic import (
     ENTERPRISE_KEY,
     FakeAnthropic,
@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from agentzt import sse
 from agentzt.audit import read_events
-from agentzt.config import GatewaySettings, Paths, UpstreamSettings, load_gateway_settings
+from agentzt.config import Paths, UpstreamSettings, load_gateway_settings
 from agentzt.errors import ConfigError, UpstreamError
 from agentzt.gateway import Gateway, create_app, mock_upstream
 from agentzt.gateway.stream_guard import StreamGuard
@@ -235,7 +235,7 @@ def test_plain_http_to_a_remote_upstream_is_refused(paths: Paths) -> None:
 
 def test_streaming_is_refused_while_an_output_review_is_on(paths: Paths) -> None:
     enroll_agent(paths, "agent-1", "demo-agent")
-    base = GatewaySettings()
+    base = load_gateway_settings(paths.gateway_toml)
     guardrails = dataclasses.replace(
         base.guardrails,
         input=dataclasses.replace(base.guardrails.input, provider="openguardrails"),
@@ -248,6 +248,7 @@ def test_streaming_is_refused_while_an_output_review_is_on(paths: Paths) -> None
     )
     assert gateway.guard.reviews_output
     token, _ = gateway.issuer_of_tokens.issue("agent-1", "demo-agent", ["model:claude-sonnet-4-6"])
+    in_ledger(gateway, token)
     with TestClient(create_app(gateway)) as client:
         resp = client.post(
             "/v1/messages",

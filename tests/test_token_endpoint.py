@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from conftest import Stack
+from conftest import Stack, in_ledger
 from forge import b64u, b64u_decode, compact, hs256, public_pem, to_json, unsigned
 
 from agentzt.audit import read_events
@@ -676,7 +676,7 @@ def test_token_scope_beyond_live_role_is_403(ctx: Ctx) -> None:
     models, _ = role_scope(ctx.stack)
     assert outside not in models
     scope = " ".join(sorted(standing_scope(ctx.stack) | {f"model:{outside}"}))
-    token = ctx.access_token(scope=scope)
+    token = in_ledger(ctx.stack.gateway, ctx.access_token(scope=scope))
 
     response = ctx.client.post(
         "/v1/messages", json={**MESSAGE_BODY, "model": outside}, headers=bearer(token)

@@ -4,7 +4,9 @@ allowed or denied, goes through the same audit path."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -13,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentzt.errors import AgentztError, AuditWriteError, NotFoundError
-from agentzt.gateway import routes
+from agentzt.errors import AgentztError, AuditWriteError, InvalidDpopProofError, NotFoundError
+from agentzt.gateway import routes, token_routes
 from agentzt.gateway.call import Call
 from agentzt.gateway.service import Gateway
 from agentzt.gateway.streaming import UpstreamStream
@@ -34,7 +36,9 @@ ROUTES: dict[tuple[str, str], tuple[str, routes.Handler]] = {
     ("GET", "/healthz"): ("health.check", routes.healthz),
     ("GET", "/.well-known/jwks.json"): ("discovery.jwks", routes.jwks),
     ("GET", "/.well-known/oauth-authorization-server"): ("discovery.metadata", routes.metadata),
-    ("POST", "/v1/token"): ("token.issue", routes.token),
+    ("POST", "/v1/token"): ("token.issue", token_routes.token),
+    ("POST", "/v1/revoke"): ("token.revoke", token_routes.revoke),
+    ("POST", "/v1/introspect"): ("token.introspect", token_routes.introspect),
     ("POST", "/v1/messages"): ("model.call", routes.messages),
     ("POST", "/v1/messages/count_tokens"): ("model.count_tokens", routes.count_tokens),
     ("GET", "/v1/models"): ("model.list", routes.models),
@@ -44,6 +48,7 @@ ROUTES: dict[tuple[str, str], tuple[str, routes.Handler]] = {
 # The action recorded when a request on that route is denied.
 DENIED_ACTION = {"token.issue": "token.reject", "elevation.grant": "elevation.reject"}
 TOOL_PREFIX = "/v1/tools/"
+TASK_END = re.compile(r"/v1/tasks/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/end")
 KNOWN_PATHS = {path for _, path in ROUTES}
 
 
@@ -64,6 +69,13 @@ def resolve(method: str, path: str) -> tuple[str, routes.Handler]:
         if method == "POST" and RESOURCE_NAME.fullmatch(name):
             return "tool.call", routes.tool_call(name)
         return "tool.call", _not_found if method == "POST" else _wrong_method
+    if path.startswith("/v1/tasks/"):
+        match = TASK_END.fullmatch(path)
+        if match is None:
+            return "task.end", _not_found
+        if method != "POST":
+            return "task.end", _wrong_method
+        return "task.end", functools.partial(token_routes.end_task, task=match[1])
     if path in KNOWN_PATHS:
         return "route.unknown", _wrong_method
     return "route.unknown", _not_found
@@ -81,6 +93,8 @@ def create_app(gw: Gateway) -> Starlette:
         except AgentztError as exc:
             decision, call.reason = "deny", exc.detail
             response = _deny(exc, action, request_id)
+            if response.status_code == 401:
+                response.headers["www-authenticate"] = _challenge(gw, exc)
         except Exception as exc:  # fail closed, and audit it like any other deny
             log.exception("unexpected error handling %s", action)
             decision, call.reason = "deny", f"internal error: {type(exc).__name__}"
@@ -150,6 +164,14 @@ def _record_refusal(gw: Gateway, call: Call, status: int) -> None:
             latency_ms=(time.perf_counter() - call.started) * 1000,
             meta={},
         )
+
+
+def _challenge(gw: Gateway, exc: AgentztError) -> str:
+    """RFC 6750 / RFC 9449 section 7.1: how to authenticate, and what went wrong."""
+    error = "invalid_dpop_proof" if isinstance(exc, InvalidDpopProofError) else "invalid_token"
+    if gw.senders.dpop == "off":
+        return f'Bearer error="{error}"'
+    return f'DPoP algs="EdDSA", error="{error}"'
 
 
 def _deny(exc: AgentztError, action: str, request_id: str) -> Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -13,17 +12,15 @@ from starlette.responses import Response
 
 from agentzt.errors import (
     InvalidRequestError,
-    InvalidScopeError,
     NotFoundError,
     PermissionDeniedError,
-    UnsupportedGrantTypeError,
 )
 from agentzt.gateway.call import Call
 from agentzt.gateway.model_request import COUNT_FIELDS, check_fields
 from agentzt.gateway.service import Gateway
 from agentzt.gateway.streaming import open_stream
 from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
-from agentzt.identity import CLIENT_ASSERTION_TYPE, Grant
+from agentzt.identity import Grant
 from agentzt.policy import Resource, Role
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import json_response, parse_json_object, read_body
@@ -58,60 +55,13 @@ async def metadata(gw: Gateway, request: Request, call: Call) -> Response:
             "response_types_supported": [],
             # RFC 8705 section 3.3: tokens issued over mutual TLS are bound to the cert.
             "tls_client_certificate_bound_access_tokens": gw.mtls,
+            "revocation_endpoint": f"{gw.issuer}/v1/revoke",
+            "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "introspection_endpoint": f"{gw.issuer}/v1/introspect",
+            **(
+                {"dpop_signing_alg_values_supported": ["EdDSA"]} if gw.senders.dpop != "off" else {}
+            ),
         }
-    )
-
-
-def _form(body: bytes, request: Request) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        reason = "token request must be application/x-www-form-urlencoded"
-        raise InvalidRequestError(reason, message=reason)
-    try:
-        fields = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequestError("token request body is not a valid form") from exc
-    if any(len(values) != 1 for values in fields.values()):
-        raise InvalidRequestError("a token request parameter is repeated")
-    return {name: values[0] for name, values in fields.items()}
-
-
-async def token(gw: Gateway, request: Request, call: Call) -> Response:
-    """RFC 6749 client_credentials with an RFC 7523 private_key_jwt assertion."""
-    form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
-    if form.get("grant_type") != "client_credentials":
-        raise UnsupportedGrantTypeError("grant_type is not client_credentials")
-    if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
-        raise InvalidRequestError("client_assertion_type is not jwt-bearer")
-    agent_id = gw.assertions.verify(form.get("client_assertion"))
-    record = gw.registry.active(agent_id)
-    call.agent_id, call.role = agent_id, record.role
-    role = gw.policy.roles.get(record.role)
-    if role is None:
-        raise InvalidScopeError(f"role {record.role} is not in the live policy")
-    granted = role.scope
-    if "scope" in form:
-        wanted = form["scope"].split()
-        if not set(wanted) <= set(granted):
-            raise InvalidScopeError("requested scope exceeds the role's standing scope")
-        granted = [s for s in granted if s in wanted]
-    if "client_id" in form and form["client_id"] != agent_id:
-        reason = "client_id does not match the assertion's subject"
-        raise InvalidRequestError(reason, message=reason)
-    x5t = gw.certificate_binding(request, call, record)
-    access_token, claims = gw.issuer_of_tokens.issue(agent_id, role.name, granted, x5t=x5t)
-    call.reason = f"issued to {agent_id} for role {role.name}"
-    call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
-    if x5t is not None:
-        call.meta["cnf"] = {"x5t#S256": x5t}
-    return json_response(
-        {
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": claims.exp - claims.iat,
-            "scope": " ".join(granted),
-        },
-        headers={"cache-control": "no-store", "pragma": "no-cache"},
     )
 
 

@@ -6,7 +6,6 @@ loaded here, so a request does lookups and checks only.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -16,7 +15,8 @@ from starlette.requests import Request
 
 from agentzt.audit import AuditLog
 from agentzt.config import GatewaySettings, Paths, load_gateway_settings
-from agentzt.errors import AuthenticationError, PermissionDeniedError
+from agentzt.errors import AuthenticationError, PermissionDeniedError, RevokedTokenError
+from agentzt.gateway.binding import SenderChecks
 from agentzt.gateway.call import Call
 from agentzt.gateway.guard import Guard
 from agentzt.gateway.ratelimit import SlidingWindowLimiter, StreamSlots
@@ -30,18 +30,20 @@ from agentzt.identity import (
     ElevationVerifier,
     Grant,
     GrantUses,
+    Ledger,
+    OperatorCredential,
+    ProofVerifier,
     Registry,
     ReplayCache,
     VerifyKey,
     load_or_create_signing_key,
 )
 from agentzt.identity.elevation import new_epoch
-from agentzt.identity.registry import AgentRecord
+from agentzt.identity.tokens import CLOCK_SKEW_SECONDS
 from agentzt.policy import Decision, DecisionRequest, Policy, Resource, decide, load_policy
 from agentzt.policy.abac import check_hours, check_risk
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.policy.model import Role
-from agentzt.tls.peer import PEER_SCOPE_KEY, PeerCert
 from agentzt.tools import ToolBox, default_toolbox
 
 log = logging.getLogger("agentzt.gateway")
@@ -81,7 +83,21 @@ class Gateway:
         signing_key = load_or_create_signing_key(paths.gateway_key)
         self.public_key: VerifyKey = signing_key.public
         tokens = self.settings.tokens
-        self.replay = ReplayCache(clock)
+        self.replay = ReplayCache(clock, journal=paths.replay_journal)
+        self.ledger = Ledger(paths.token_ledger)
+        self.operator = OperatorCredential.load_or_create(paths.operator_token)
+        self.senders = SenderChecks(
+            issuer=self.issuer,
+            token_endpoint=self.token_endpoint,
+            mtls=self.mtls,
+            dpop=tokens.dpop,
+            proofs=ProofVerifier(
+                replay=self.replay,
+                clock=clock,
+                max_age=tokens.dpop_proof_max_age_seconds,
+                leeway=CLOCK_SKEW_SECONDS,
+            ),
+        )
         self.assertions = AssertionVerifier(
             audience=self.token_endpoint,
             key_lookup=lambda agent_id: self.registry.active(agent_id).public_key,
@@ -114,6 +130,8 @@ class Gateway:
         await self.guard.aclose()
         await self.upstream.aclose()
         self.audit.close()
+        self.ledger.close()
+        self.replay.close()
 
     # --- the enforcement steps, in decision order ---------------------------------
 
@@ -132,74 +150,34 @@ class Gateway:
         return claims, role
 
     def authenticate(self, request: Request, call: Call) -> AccessClaims:
-        """Step 1: a valid access token for an agent that is still active in its role."""
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError("no bearer token")
-        claims = self.verifier.verify(token.strip())
+        """Step 1: a valid, unrevoked access token, presented as it is bound, for an agent
+        that is still active in its role."""
+        headers = request.headers.getlist("authorization")
+        scheme, _, token = (headers[0] if len(headers) == 1 else "").partition(" ")
+        scheme, token = scheme.lower(), token.strip()
+        if scheme not in ("bearer", "dpop") or not token:
+            raise AuthenticationError("no access token (Authorization: DPoP or Bearer)")
+        claims = self.verifier.verify(token)
         call.agent_id, call.role = claims.agent_id, claims.role
         call.meta["jti"] = claims.jti
+        if claims.task is not None:
+            call.meta["task"] = claims.task
+        # IMPORTANT: the ledger row is read on every call (the verified claims are
+        # cached, their revocation is not), so a revocation takes effect at once. A token
+        # the ledger never recorded is refused too: the ledger is the list of what is live.
+        known, revoked = self.ledger.revocation(claims.jti)
+        if not known:
+            raise RevokedTokenError("token is not in the issuance ledger")
+        if revoked is not None:
+            raise RevokedTokenError(f"token revoked: {revoked}")
         # IMPORTANT: the registry is consulted on every call, so disabling an agent,
         # changing its role or renewing its certificate takes effect at once, not when
         # its tokens expire.
         record = self.registry.active(claims.agent_id)
         if record.role != claims.role:
             raise AuthenticationError("the agent's registered role changed since issuance")
-        self._check_channel(request, call, claims, record)
+        self.senders.check(request, call, scheme, token, claims, record)
         return claims
-
-    def certificate_binding(self, request: Request, call: Call, record: AgentRecord) -> str | None:
-        """Step 0 at the token endpoint: the thumbprint to bind a new token to.
-
-        A connection with a client certificate always gets a bound token; the certificate
-        must name the agent the assertion proved and be the one registered for it, so
-        neither another agent's certificate nor a superseded one can carry its tokens.
-        """
-        peer = peer_of(request)
-        if peer is None:
-            if self.mtls:
-                raise AuthenticationError(
-                    "mutual TLS is on but the connection has no client certificate"
-                )
-            return None
-        if peer.agent_id != record.agent_id or not _same(record.certificate, peer.thumbprint):
-            call.meta["peer"] = {"agent": peer.agent_id, "x5t#S256": peer.thumbprint}
-            raise AuthenticationError(
-                f"the client certificate ({peer.common_name!r}) is not the one registered for "
-                f"agent {record.agent_id}",
-                message="the client certificate is not the authenticated agent's registered one",
-            )
-        return peer.thumbprint
-
-    def _check_channel(
-        self, request: Request, call: Call, claims: AccessClaims, record: AgentRecord
-    ) -> None:
-        """Step 0 on every call: a certificate-bound token (RFC 8705) is good only on a
-        connection made with that very certificate, not merely one with the same name,
-        and only while that certificate is still the agent's registered one."""
-        peer = peer_of(request)
-        if claims.x5t is None and peer is None and not self.mtls:
-            return
-        reason = None
-        if peer is None:
-            reason = "certificate-bound token over a connection without one"
-        elif claims.x5t is None:
-            reason = "the token is not certificate-bound"
-        elif not _same(claims.x5t, peer.thumbprint):
-            reason = "the token is bound to another client certificate"
-        elif peer.agent_id != claims.agent_id:
-            reason = "the client certificate names another agent"
-        elif not _same(record.certificate, peer.thumbprint):
-            reason = "the client certificate is no longer the agent's registered one"
-        if reason is not None:
-            if peer is not None:
-                call.meta["peer"] = {"agent": peer.agent_id, "x5t#S256": peer.thumbprint}
-            raise AuthenticationError(
-                reason,
-                message="channel binding mismatch: the token is not bound to this "
-                "connection's certificate",
-            )
 
     def authorize(
         self, request: Request, call: Call, claims: AccessClaims, role: Role, resource: Resource
@@ -300,13 +278,3 @@ class Gateway:
         """Names of ``kind`` ("model" or "tool") this token may use under the live role."""
         names = role.models if kind == "model" else role.tools
         return [n for n in names if f"{kind}:{n}" in claims.scope]
-
-
-def _same(expected: str | None, presented: str) -> bool:
-    return expected is not None and hmac.compare_digest(expected, presented)
-
-
-def peer_of(request: Request) -> PeerCert | None:
-    """The verified client certificate of the connection this request came on, if any."""
-    peer = request.scope.get("extensions", {}).get(PEER_SCOPE_KEY)
-    return peer if isinstance(peer, PeerCert) else None

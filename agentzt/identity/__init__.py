@@ -3,6 +3,7 @@
 The only home of pyjwt and pynacl in the package.
 """
 
+from agentzt.identity.dpop import ProofVerifier, Prover
 from agentzt.identity.elevation import ElevationIssuer, ElevationVerifier, Grant, GrantUses
 from agentzt.identity.keys import (
     SigningKey,
@@ -10,19 +11,24 @@ from agentzt.identity.keys import (
     load_or_create_signing_key,
     read_private_key,
 )
+from agentzt.identity.ledger import Ledger, TokenRow
+from agentzt.identity.operator import OperatorCredential
 from agentzt.identity.registry import AgentRecord, Registry, enroll, load_registry
 from agentzt.identity.replay import ReplayCache
 from agentzt.identity.tokens import (
     CLIENT_ASSERTION_TYPE,
+    TASK_ID,
     AccessClaims,
     AccessTokenIssuer,
     AccessTokenVerifier,
     AssertionVerifier,
     make_assertion,
+    new_jti,
 )
 
 __all__ = [
     "CLIENT_ASSERTION_TYPE",
+    "TASK_ID",
     "AccessClaims",
     "AccessTokenIssuer",
     "AccessTokenVerifier",
@@ -32,13 +38,19 @@ __all__ = [
     "ElevationVerifier",
     "Grant",
     "GrantUses",
+    "Ledger",
+    "OperatorCredential",
+    "ProofVerifier",
+    "Prover",
     "Registry",
     "ReplayCache",
     "SigningKey",
+    "TokenRow",
     "VerifyKey",
     "enroll",
     "load_or_create_signing_key",
     "load_registry",
     "make_assertion",
+    "new_jti",
     "read_private_key",
 ]

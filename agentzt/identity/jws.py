@@ -93,12 +93,16 @@ def decode(
     key_for: Callable[[Mapping[str, Any], Mapping[str, Any]], VerifyKey],
     *,
     typ: frozenset[str],
+    required: tuple[str, ...] = REQUIRED_CLAIMS,
+    allowed_headers: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify ``token`` and return ``(header, claims)``; raise a TokenError otherwise.
 
     ``key_for(header, claims)`` picks the key from trusted state (the registry, the
     gateway key) using the unverified claims; the signature is then checked with it.
     ``typ`` lists the accepted ``typ`` header values, lower-cased ("" for absent).
+    ``required`` names the claims the profile must carry; ``allowed_headers`` lifts the
+    ban on a header the profile itself defines (DPoP's ``jwk``), never any other.
     """
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         raise MalformedTokenError("token missing, not a string or too large")
@@ -110,19 +114,19 @@ def decode(
     # IMPORTANT: the accepted algorithm is pinned here, never read from the token.
     if header.get("alg") != ALGORITHM:
         raise BadAlgorithmError("alg is not EdDSA")
-    if FORBIDDEN_HEADERS.intersection(header):
+    if (FORBIDDEN_HEADERS - allowed_headers).intersection(header):
         raise BadAlgorithmError("header carries key material or critical extensions")
     token_typ = header.get("typ", "")
     if not isinstance(token_typ, str) or token_typ.lower().removeprefix("application/") not in typ:
         raise BadAlgorithmError("typ header not accepted for this token kind")
-    claims = parse_claims(parts["payload"])
+    claims = parse_claims(parts["payload"], required)
     key = key_for(header, claims)
     signing_input = token.rsplit(".", 1)[0].encode("ascii", "strict")
     key.verify(signing_input, parts["signature"])
     return header, claims
 
 
-def parse_claims(payload: bytes) -> dict[str, Any]:
+def parse_claims(payload: bytes, required: tuple[str, ...] = REQUIRED_CLAIMS) -> dict[str, Any]:
     try:
         claims = json.loads(
             payload, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
@@ -131,7 +135,7 @@ def parse_claims(payload: bytes) -> dict[str, Any]:
         raise MalformedTokenError("payload is not a JSON object") from exc
     if not isinstance(claims, dict):
         raise MalformedTokenError("payload is not a JSON object")
-    for name in REQUIRED_CLAIMS:
+    for name in required:
         if name not in claims:
             raise MissingClaimError(f"claim {name} missing")
     for name in ("exp", "iat", "nbf"):
@@ -145,6 +149,8 @@ def parse_claims(payload: bytes) -> dict[str, Any]:
         ):
             raise MissingClaimError(f"claim {name} is not a NumericDate")
     for name in ("iss", "sub", "jti", "aud"):
+        if name not in claims and name not in required:
+            continue
         value = claims[name]
         if not isinstance(value, str) or not value or len(value) > MAX_STRING_CLAIM:
             raise MissingClaimError(f"claim {name} is not a non-empty string")

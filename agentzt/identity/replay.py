@@ -1,11 +1,29 @@
-"""Single-use ``jti`` values: remembered until the token could no longer be accepted."""
+"""Single-use ``jti`` values: remembered until the token could no longer be accepted.
+
+With a journal file, every key is written there before it counts as used, so a gateway
+restarted after a crash (kill -9 included) still refuses what it accepted before.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
 from collections.abc import Callable
+from pathlib import Path
 
-from agentzt.errors import ReplayedTokenError
+from agentzt.errors import ReplayedTokenError, StateStoreError
+from agentzt.files import write_atomically
+
+# Rewrite the journal with only the live keys once it holds this many lines and at
+# least four times as many as are live, so its size stays proportional to live keys
+# and the rewrite cost per key stays constant.
+COMPACT_MIN_LINES = 100_000
+
+
+def _digest(key: str) -> str:
+    # A fixed-size digest keeps memory and journal lines small whatever the key holds.
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 class ReplayCache:
@@ -16,11 +34,23 @@ class ReplayCache:
     rather than older ones dropped: forgetting a live key early would allow a replay.
     """
 
-    def __init__(self, clock: Callable[[], float], *, max_entries: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        max_entries: int = 1_000_000,
+        journal: Path | None = None,
+    ) -> None:
         self._clock = clock
         self._max_entries = max_entries
         self._expiry: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self._journal = journal
+        self._fd: int | None = None
+        self._lines = 0
+        if journal is not None:
+            self._load(journal)
+            self._compact()
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -28,17 +58,73 @@ class ReplayCache:
     def use(self, key: str, *, until: float) -> None:
         """Record ``key`` as used until ``until``; raise ReplayedTokenError if already used."""
         self._evict(self._clock())
+        digest = _digest(key)
         # IMPORTANT: check and insert happen with no await between them, so two
         # concurrent presentations of the same jti cannot both pass.
-        if key in self._expiry:
+        if digest in self._expiry:
             raise ReplayedTokenError("jti already used")
         if len(self._expiry) >= self._max_entries:
             raise ReplayedTokenError("replay cache full; refusing new tokens")
-        self._expiry[key] = until
-        heapq.heappush(self._heap, (until, key))
+        if self._fd is not None:
+            # IMPORTANT: journaled before it counts as used; a key that cannot be made
+            # to survive a crash is refused (fail closed), not accepted on memory alone.
+            self._append(f"{int(until) + 1} {digest}\n".encode("ascii"))
+        self._expiry[digest] = until
+        heapq.heappush(self._heap, (until, digest))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _evict(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] < now:
-            _, key = heapq.heappop(heap)
-            self._expiry.pop(key, None)
+            _, digest = heapq.heappop(heap)
+            self._expiry.pop(digest, None)
+
+    # --- the journal ------------------------------------------------------------------
+
+    def _load(self, journal: Path) -> None:
+        try:
+            text = journal.read_bytes().decode("ascii", "replace")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateStoreError(f"cannot read the replay journal {journal}: {exc}") from exc
+        now = self._clock()
+        for line in text.splitlines():
+            until_text, _, digest = line.partition(" ")
+            # A torn last line (a crash mid-write) is skipped: its key was never used,
+            # since a key counts as used only after its line is written whole.
+            if not until_text.isdigit() or len(digest) != 32:
+                continue
+            until = float(until_text)
+            if until >= now and until > self._expiry.get(digest, 0):
+                self._expiry[digest] = until
+        self._heap = [(until, digest) for digest, until in self._expiry.items()]
+        heapq.heapify(self._heap)
+
+    def _append(self, line: bytes) -> None:
+        assert self._fd is not None
+        try:
+            os.write(self._fd, line)
+        except OSError as exc:
+            raise StateStoreError(f"cannot write the replay journal: {exc}") from exc
+        self._lines += 1
+        if self._lines >= COMPACT_MIN_LINES and self._lines >= 4 * len(self._expiry):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Replace the journal with the live keys only, then append to the new file."""
+        assert self._journal is not None
+        self._evict(self._clock())
+        lines = "".join(f"{int(until) + 1} {digest}\n" for digest, until in self._expiry.items())
+        try:
+            write_atomically(self._journal, lines.encode("ascii"), 0o600)
+            fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise StateStoreError(f"cannot rewrite the replay journal: {exc}") from exc
+        self.close()
+        self._fd = fd
+        self._lines = len(self._expiry)

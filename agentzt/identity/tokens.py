@@ -6,6 +6,7 @@ typed claims when all pass. Time comes from an injected clock.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ ACCESS_TOKEN_TYP = frozenset({"at+jwt"})
 # base64url of a SHA-256 digest, no padding.
 X5T_LENGTH = 43
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# A task id an agent names (``x-agentzt-task-id``); safe in a header, a URL path and a log.
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def new_jti() -> str:
@@ -121,6 +124,16 @@ class AccessClaims:
     exp: int
     # RFC 8705: the x5t#S256 thumbprint of the client certificate the token is bound to.
     x5t: str | None = None
+    # RFC 9449: the thumbprint of the agent key whose DPoP proofs must accompany the token.
+    jkt: str | None = None
+    # The task the token was issued for; it is good only for calls naming that task.
+    task: str | None = None
+
+    @property
+    def binding(self) -> str:
+        """What the token is bound to, as the ledger and ``agentzt tokens`` show it."""
+        kinds = [k for k, v in (("dpop", self.jkt), ("mtls", self.x5t)) if v is not None]
+        return "+".join(kinds) or "bearer"
 
 
 class AccessTokenIssuer:
@@ -132,9 +145,17 @@ class AccessTokenIssuer:
         self._headers = {"typ": "at+jwt", "kid": key.public.kid}
 
     def issue(
-        self, agent_id: str, role: str, scope: list[str], *, x5t: str | None = None
+        self,
+        agent_id: str,
+        role: str,
+        scope: list[str],
+        *,
+        x5t: str | None = None,
+        jkt: str | None = None,
+        task: str | None = None,
     ) -> tuple[str, AccessClaims]:
-        """A signed access token; with ``x5t``, bound to that client certificate."""
+        """A signed access token; with ``x5t``, bound to that client certificate, with
+        ``jkt`` to that key's DPoP proofs, and with ``task`` to that task."""
         now = int(self._clock())
         claims = AccessClaims(
             agent_id=agent_id,
@@ -144,6 +165,8 @@ class AccessTokenIssuer:
             iat=now,
             exp=now + self._ttl,
             x5t=x5t,
+            jkt=jkt,
+            task=task,
         )
         payload: dict[str, Any] = {
             "iss": self._issuer,
@@ -156,8 +179,11 @@ class AccessTokenIssuer:
             "exp": claims.exp,
             "jti": claims.jti,
         }
-        if x5t is not None:
-            payload["cnf"] = {"x5t#S256": x5t}
+        cnf = {k: v for k, v in (("x5t#S256", x5t), ("jkt", jkt)) if v is not None}
+        if cnf:
+            payload["cnf"] = cnf
+        if task is not None:
+            payload["task"] = task
         return jws.encode(payload, self._key, headers=self._headers), claims
 
 
@@ -215,6 +241,10 @@ class AccessTokenVerifier:
         role, scope = claims.get("role"), claims.get("scope")
         if not isinstance(role, str) or not isinstance(scope, str):
             raise MissingClaimError("role or scope missing")
+        task = claims.get("task")
+        if task is not None and (not isinstance(task, str) or not TASK_ID.fullmatch(task)):
+            raise MissingClaimError("task is not a task id")
+        x5t, jkt = _confirmation(claims)
         return AccessClaims(
             agent_id=claims["sub"],
             role=role,
@@ -222,22 +252,24 @@ class AccessTokenVerifier:
             jti=claims["jti"],
             iat=int(claims["iat"]),
             exp=int(claims["exp"]),
-            x5t=_confirmation(claims),
+            x5t=x5t,
+            jkt=jkt,
+            task=task,
         )
 
 
-def _confirmation(claims: Mapping[str, Any]) -> str | None:
-    """The certificate thumbprint in ``cnf``, if the token carries one.
+def _confirmation(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The certificate and key thumbprints in ``cnf`` (``x5t#S256``, ``jkt``), if any.
 
     IMPORTANT: a ``cnf`` this gateway cannot check (another member, another shape) is
     refused: a token bound to something we cannot verify must not pass as a bearer token.
     """
     if "cnf" not in claims:
-        return None
+        return None, None
     cnf = claims["cnf"]
-    if not isinstance(cnf, dict) or set(cnf) != {"x5t#S256"}:
-        raise MissingClaimError("cnf must hold exactly x5t#S256")
-    thumbprint = cnf["x5t#S256"]
-    if not isinstance(thumbprint, str) or len(thumbprint) != X5T_LENGTH:
-        raise MissingClaimError("cnf x5t#S256 is not a SHA-256 thumbprint")
-    return thumbprint
+    if not isinstance(cnf, dict) or not cnf or not {"x5t#S256", "jkt"}.issuperset(cnf):
+        raise MissingClaimError("cnf must hold x5t#S256, jkt or both, and nothing else")
+    for thumbprint in cnf.values():
+        if not isinstance(thumbprint, str) or len(thumbprint) != X5T_LENGTH:
+            raise MissingClaimError("cnf holds something that is not a SHA-256 thumbprint")
+    return cnf.get("x5t#S256"), cnf.get("jkt")

@@ -28,8 +28,8 @@ from agentzt.errors import (
     NotFoundError,
     UpstreamError,
 )
-from agentzt.identity import SigningKey
-from agentzt.proxy.session import TokenSession, unreachable
+from agentzt.identity import TASK_ID, SigningKey
+from agentzt.proxy.session import Token, TokenSession, unreachable
 from agentzt.sse import error_frame
 from agentzt.wire import REQUEST_ID_HEADER, error_response, json_response, read_body, request_id_of
 
@@ -42,6 +42,9 @@ FORWARDED_PATHS = {
     ("GET", "/v1/tools"),
 }
 TOOL_CALL = re.compile(r"/v1/tools/[a-z0-9][a-z0-9._-]{0,126}")
+TASK_END = re.compile(r"/v1/tasks/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/end")
+# ``x-agentzt-task-id: T`` runs the call under a token issued for task T alone.
+TASK_HEADER = "x-agentzt-task-id"
 # ``x-agentzt-elevate: tool:NAME`` asks the proxy to get a JIT grant before the call.
 ELEVATE_HEADER = "x-agentzt-elevate"
 ELEVATE_REASON_HEADER = "x-agentzt-elevate-reason"
@@ -68,11 +71,26 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 def _forwarded(path: str, method: str) -> bool:
     return (method, path) in FORWARDED_PATHS or (
-        method == "POST" and bool(TOOL_CALL.fullmatch(path))
+        method == "POST" and bool(TOOL_CALL.fullmatch(path) or TASK_END.fullmatch(path))
     )
 
 
-def _outbound_headers(request: Request, request_id: str, token: str) -> dict[str, str]:
+def _task_of(request: Request) -> str | None:
+    """The task the agent names for this call, if any; a task's end uses no task token."""
+    named = request.headers.getlist(TASK_HEADER)
+    if not named or TASK_END.fullmatch(request.url.path):
+        return None
+    task = named[0].strip()
+    if len(named) > 1 or not TASK_ID.fullmatch(task):
+        raise InvalidRequestError(
+            "bad x-agentzt-task-id header",
+            message="x-agentzt-task-id must be one task id: 1-128 letters, digits, "
+            "'.', '_', ':' or '-'",
+        )
+    return task
+
+
+def _outbound_headers(request: Request, request_id: str) -> dict[str, str]:
     headers = {
         name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers
     }
@@ -80,7 +98,6 @@ def _outbound_headers(request: Request, request_id: str, token: str) -> dict[str
         if name.startswith("anthropic-"):
             headers[name] = value
     headers[REQUEST_ID_HEADER] = request_id
-    headers["authorization"] = f"Bearer {token}"
     return headers
 
 
@@ -171,7 +188,7 @@ def create_proxy_app(
         request: Request,
         request_id: str,
         method: str,
-        url: str,
+        path: str,
         body: bytes,
         extra: dict[str, str | None],
     ) -> Answer:
@@ -180,9 +197,17 @@ def create_proxy_app(
         ``extra`` adds headers; a None value removes one the agent sent.
         """
         session, http = link.session, link.http
+        task = _task_of(request)
+        url = f"{gateway}{path}"
+        if request.url.query and path == request.url.path:
+            url += f"?{request.url.query}"
 
-        def headers_with(token: str) -> dict[str, str]:
-            headers = _outbound_headers(request, request_id, token)
+        def headers_with(token: Token) -> dict[str, str]:
+            headers = _outbound_headers(request, request_id)
+            # A fresh DPoP proof per attempt: each is single-use.
+            headers.update(session.authorization(token, method, path))
+            if task is not None:
+                headers[TASK_HEADER] = task
             for name, value in extra.items():
                 if value is None:
                     headers.pop(name, None)
@@ -190,11 +215,11 @@ def create_proxy_app(
                     headers[name] = value
             return headers
 
-        token = await session.token()
+        token = await session.token(task)
         answer = await send(http, method, url, headers_with(token), body)
         if answer.status == 401:
             # The token may have been revoked or expired early: get a new one, retry once.
-            token = await session.refresh(stale=token)
+            token = await session.refresh(stale=token, task=task)
             answer = await send(http, method, url, headers_with(token), body)
         return answer
 
@@ -218,7 +243,7 @@ def create_proxy_app(
             request,
             request_id,
             "POST",
-            f"{gateway}/v1/elevate",
+            "/v1/elevate",
             body,
             {"content-type": "application/json", ELEVATION_HEADER: None},
         )
@@ -241,14 +266,14 @@ def create_proxy_app(
             if not _forwarded(path, method):
                 raise NotFoundError("the proxy does not forward this route")
             body = await read_body(request, MAX_BODY_BYTES)
-            url = f"{gateway}{path}"
-            if request.url.query:
-                url += f"?{request.url.query}"
             extra = await elevation_for(request, request_id)
             if isinstance(extra, Answer):
                 answer = extra
             else:
-                answer = await exchange(request, request_id, method, url, body, extra)
+                answer = await exchange(request, request_id, method, path, body, extra)
+            ended = TASK_END.fullmatch(path)
+            if ended is not None and answer.status == 200:
+                link.session.forget(ended[1])
         except AgentztError as exc:
             response = error_response(exc, request_id)
             response.headers[REQUEST_ID_HEADER] = request_id

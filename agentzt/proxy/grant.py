@@ -30,7 +30,7 @@ async def request_grant(
             async with http.post(
                 f"{gateway}/v1/elevate",
                 json=request,
-                headers={"authorization": f"Bearer {token}"},
+                headers=session.authorization(token, "POST", "/v1/elevate"),
                 allow_redirects=False,
             ) as resp:
                 status, body = resp.status, await resp.json(content_type=None)
