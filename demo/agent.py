@@ -53,6 +53,32 @@ def ask(client: anthropic.Anthropic, model: str, prompt: str) -> Outcome:
     return Outcome(200, None, text[:90], raw.headers.get("x-agentzt-request-id"))
 
 
+def ask_in_task(client: anthropic.Anthropic, task: str, prompt: str) -> Outcome:
+    """A model call under a task: the proxy uses a token issued for that task alone."""
+    try:
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6",
+            max_tokens=256,
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"x-agentzt-task-id": task},
+        )
+    except anthropic.APIStatusError as exc:
+        return _error_outcome(exc)
+    return Outcome(
+        200, None, f"answered under task {task}", raw.headers.get("x-agentzt-request-id")
+    )
+
+
+def end_task(http: httpx.Client, task: str) -> Outcome:
+    response = http.post(f"/v1/tasks/{task}/end")
+    body = response.json()
+    request_id = response.headers.get("x-agentzt-request-id")
+    if response.status_code == 200:
+        return Outcome(200, None, f"task ended, {body.get('revoked')} token(s) revoked", request_id)
+    error = body.get("error", {})
+    return Outcome(response.status_code, error.get("type"), str(error.get("message")), request_id)
+
+
 def call_tool(
     http: httpx.Client,
     name: str,
@@ -100,6 +126,10 @@ def steps(client: anthropic.Anthropic, http: httpx.Client) -> list[Callable[[], 
                 "x-agentzt-elevate-reason": "the CFO asked for the Q3 numbers by email",
             },
         ),
+        # Task-bound credentials: a token per task, revoked when the task ends.
+        lambda: ask_in_task(client, "q3-report", "Outline the Q3 report."),
+        lambda: end_task(http, "q3-report"),
+        lambda: ask_in_task(client, "q3-report", "One more section, please."),
     ]
 
 

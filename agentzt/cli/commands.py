@@ -1,5 +1,21 @@
 """Importing this module registers every command on the app."""
 
-from agentzt.cli import audit_cmd, demo_cmd, elevate_cmd, identity_cmds, serve_cmds, tls_cmd
+from agentzt.cli import (
+    audit_cmd,
+    demo_cmd,
+    elevate_cmd,
+    identity_cmds,
+    serve_cmds,
+    tls_cmd,
+    tokens_cmd,
+)
 
-__all__ = ["audit_cmd", "demo_cmd", "elevate_cmd", "identity_cmds", "serve_cmds", "tls_cmd"]
+__all__ = [
+    "audit_cmd",
+    "demo_cmd",
+    "elevate_cmd",
+    "identity_cmds",
+    "serve_cmds",
+    "tls_cmd",
+    "tokens_cmd",
+]

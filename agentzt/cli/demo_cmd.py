@@ -16,9 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Annotated
 
+import httpx
 import typer
 from rich.table import Table
 from rich.text import Text
+from starlette.applications import Starlette
 
 import agentzt
 from agentzt.audit import read_events, verify_chain
@@ -28,7 +30,7 @@ from agentzt.cli.output import console
 from agentzt.config import Paths, TlsSettings, load_gateway_settings
 from agentzt.errors import AgentztError, ConfigError
 from agentzt.gateway import Gateway, create_app
-from agentzt.identity import enroll, read_private_key
+from agentzt.identity import Prover, SigningKey, enroll, new_jti, read_private_key
 from agentzt.policy import load_policy
 from agentzt.proxy import create_proxy_app
 from agentzt.server import bind, running, url_of
@@ -84,6 +86,17 @@ EXPECTED = [
         200,
         None,
         "just-in-time elevation (single-use grant)",
+    ),
+    Expectation("model call with x-agentzt-task-id q3-report", 200, None, "task-bound token"),
+    Expectation("POST /v1/tasks/q3-report/end", 200, None, "ending a task revokes its tokens"),
+    Expectation(
+        "model call under the ended task", 401, "authentication_error", "no token for a dead task"
+    ),
+    Expectation(
+        "attacker replays the proxy's token: no proof / own key's proof",
+        401,
+        "authentication_error",
+        "DPoP: a copied token alone is useless",
     ),
 ]
 
@@ -172,6 +185,7 @@ def demo_cmd(
                 f"proxy → gateway over {link})\n"
             )
             outcomes = agent.run(px.url)
+            outcomes.append(_replay_stolen(agent, proxy, gw.url, client_tls))
             refused = _anonymous_refused(gw.url, files.ca_cert) if mtls else None
         elapsed = time.perf_counter() - started
         ok = _render_steps(outcomes)
@@ -192,6 +206,38 @@ def demo_cmd(
     console.print(f"{verdict} ({elapsed:.2f} s)")
     if not ok:
         raise typer.Exit(1)
+
+
+def _replay_stolen(
+    agent: ModuleType, proxy: Starlette, gateway_url: str, tls: ssl.SSLContext | None
+) -> object:
+    """An attacker who dumped the proxy's memory calls the gateway with its token: once
+    with no proof, once with a proof signed by a key of its own. (Under mutual TLS it
+    even holds the agent's client certificate.) Both must be refused."""
+    held = proxy.state.token_session.held()
+    if held is None:
+        return agent.Outcome(0, None, "the proxy held no token to steal", None)
+    own = Prover(SigningKey.generate(), new_jti)
+    url = f"{gateway_url}/v1/models"
+    attempts = [
+        {"authorization": f"DPoP {held.value}"},
+        {
+            "authorization": f"DPoP {held.value}",
+            "dpop": own.proof("GET", url, now=time.time(), access_token=held.value),
+        },
+    ]
+    answers = []
+    with httpx.Client(verify=tls or True, timeout=10) as http:
+        for headers in attempts:
+            answers.append(http.get(url, headers=headers))
+    statuses = {a.status_code for a in answers}
+    types = {a.json().get("error", {}).get("type") for a in answers if a.status_code != 200}
+    status = statuses.pop() if len(statuses) == 1 else 0
+    error_type = types.pop() if len(types) == 1 else None
+    summary = " / ".join(a.json().get("error", {}).get("message", "allowed") for a in answers)
+    return agent.Outcome(
+        status, error_type, summary, answers[0].headers.get("x-agentzt-request-id")
+    )
 
 
 def _anonymous_refused(url: str, ca: Path) -> str | None:

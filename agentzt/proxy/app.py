@@ -297,6 +297,7 @@ def create_proxy_app(
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             link.http = http
             link.session = TokenSession(agent_id=agent_id, key=key, gateway_url=gateway, http=http)
+            app.state.token_session = link.session
             yield
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=METHODS)], lifespan=lifespan)

@@ -110,6 +110,11 @@ class TokenSession:
                 del self._tokens[tasks[0]]
             return fresh
 
+    def held(self, task: str | None = None) -> Token | None:
+        """The token this session holds for ``task``, if any: what a memory dump of the
+        proxy would reveal (the demo shows that it is useless without the key)."""
+        return self._tokens.get(task)
+
     def forget(self, task: str) -> None:
         """Drop a task's token (the task has ended)."""
         self._tokens.pop(task, None)
