@@ -2,11 +2,14 @@
 through the bare pass-through chain with each HTTP client, same load, same machine.
 
     python -m benchmarks.compare [--seconds 10] [--connections 8]
-                                 [--only agentzt,agentzt-mtls,agentzt-noguard,aiohttp,httpx]
+                                 [--only agentzt,agentzt-mtls,agentzt-noguard,agentzt-nodpop,
+                                         aiohttp,httpx]
 
 ``agentzt-noguard`` is the same chain with the input and output guardrails switched off,
 so the difference between the two is what the guardrails cost a call; ``agentzt-mtls``
-is the full chain with the proxy↔gateway link over mutual TLS and certificate-bound tokens.
+is the full chain with the proxy↔gateway link over mutual TLS and certificate-bound tokens;
+``agentzt-nodpop`` is the full chain with ``dpop = "off"`` (bearer tokens), so the
+difference is what a DPoP proof (made by the proxy, checked by the gateway) costs a call.
 
 Each chain runs as separate server processes; the load generator is a third process.
 """
@@ -120,6 +123,10 @@ def bare(client: str, seconds: float, connections: int) -> dict[str, float]:
         return load(f"http://127.0.0.1:{px}/v1/messages", seconds, connections)
 
 
+NO_DPOP = """
+[tokens]
+dpop = "off"
+"""
 NO_GUARDRAILS = """
 [guardrails.input]
 mode = "off"
@@ -198,6 +205,9 @@ def main() -> None:
         elif name == "agentzt-mtls":
             label = "agentzt over mutual TLS"
             result = agentzt(args.seconds, args.connections, mtls=True)
+        elif name == "agentzt-nodpop":
+            label = "agentzt, dpop off (bearer tokens)"
+            result = agentzt(args.seconds, args.connections, NO_DPOP)
         elif name == "agentzt-noguard":
             label, result = (
                 "agentzt, guardrails off",

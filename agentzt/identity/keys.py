@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class VerifyKey:
     def b64url(self) -> str:
         return b64url(self.raw)
 
-    @property
+    @functools.cached_property
     def kid(self) -> str:
         """RFC 7638 JWK thumbprint: a stable key id that any JOSE library can recompute."""
         canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + self.b64url + '"}'
