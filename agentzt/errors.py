@@ -155,6 +155,8 @@ class UnknownAgentError(AuthenticationError):
 class PermissionDeniedError(AgentztError):
     status = 403
     error_type = "permission_error"
+    # At an OAuth endpoint: the authenticated client may not do this (RFC 6749 5.2).
+    oauth_error = "unauthorized_client"
     message = "permission denied"
 
 

@@ -21,9 +21,9 @@ from agentzt.files import write_atomically
 COMPACT_MIN_LINES = 100_000
 
 
-def _digest(key: str) -> str:
+def _digest(key: str) -> bytes:
     # A fixed-size digest keeps memory and journal lines small whatever the key holds.
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class ReplayCache:
@@ -43,11 +43,14 @@ class ReplayCache:
     ) -> None:
         self._clock = clock
         self._max_entries = max_entries
-        self._expiry: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._expiry: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
         self._journal = journal
         self._fd: int | None = None
         self._lines = 0
+        # Set when a write failed part-way: the file may end in a fragment, so it is
+        # rewritten whole before anything is appended again.
+        self._torn = False
         if journal is not None:
             self._load(journal)
             self._compact()
@@ -65,12 +68,17 @@ class ReplayCache:
             raise ReplayedTokenError("jti already used")
         if len(self._expiry) >= self._max_entries:
             raise ReplayedTokenError("replay cache full; refusing new tokens")
-        if self._fd is not None:
+        if self._journal is not None:
             # IMPORTANT: journaled before it counts as used; a key that cannot be made
             # to survive a crash is refused (fail closed), not accepted on memory alone.
-            self._append(f"{int(until) + 1} {digest}\n".encode("ascii"))
+            if self._torn:
+                self._compact()
+            self._append(f"{int(until) + 1} {digest.hex()}\n".encode("ascii"))
         self._expiry[digest] = until
         heapq.heappush(self._heap, (until, digest))
+        # Only now, with this key in memory, may the journal be rewritten from memory.
+        if self._lines >= COMPACT_MIN_LINES and self._lines >= 4 * len(self._expiry):
+            self._compact()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -94,10 +102,14 @@ class ReplayCache:
             raise StateStoreError(f"cannot read the replay journal {journal}: {exc}") from exc
         now = self._clock()
         for line in text.splitlines():
-            until_text, _, digest = line.partition(" ")
+            until_text, _, hex_digest = line.partition(" ")
             # A torn last line (a crash mid-write) is skipped: its key was never used,
             # since a key counts as used only after its line is written whole.
-            if not until_text.isdigit() or len(digest) != 32:
+            if not until_text.isdigit() or len(hex_digest) != 32:
+                continue
+            try:
+                digest = bytes.fromhex(hex_digest)
+            except ValueError:
                 continue
             until = float(until_text)
             if until >= now and until > self._expiry.get(digest, 0):
@@ -108,18 +120,24 @@ class ReplayCache:
     def _append(self, line: bytes) -> None:
         assert self._fd is not None
         try:
-            os.write(self._fd, line)
+            written = os.write(self._fd, line)
         except OSError as exc:
-            raise StateStoreError(f"cannot write the replay journal: {exc}") from exc
+            written, error = 0, str(exc)
+        else:
+            error = f"short write ({written} of {len(line)} bytes)"
+        if written != len(line):
+            # Part of the line may be on disk; the next append must not extend it.
+            self._torn = written > 0
+            raise StateStoreError(f"cannot write the replay journal: {error}")
         self._lines += 1
-        if self._lines >= COMPACT_MIN_LINES and self._lines >= 4 * len(self._expiry):
-            self._compact()
 
     def _compact(self) -> None:
         """Replace the journal with the live keys only, then append to the new file."""
         assert self._journal is not None
         self._evict(self._clock())
-        lines = "".join(f"{int(until) + 1} {digest}\n" for digest, until in self._expiry.items())
+        lines = "".join(
+            f"{int(until) + 1} {digest.hex()}\n" for digest, until in self._expiry.items()
+        )
         try:
             write_atomically(self._journal, lines.encode("ascii"), 0o600)
             fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND)
@@ -128,3 +146,4 @@ class ReplayCache:
         self.close()
         self._fd = fd
         self._lines = len(self._expiry)
+        self._torn = False
