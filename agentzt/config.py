@@ -186,10 +186,6 @@ class TokenSettings:
     # How old a DPoP proof may be (its iat), clock skew aside.
     dpop_proof_max_age_seconds: int = 60
 
-    @property
-    def dpop_required(self) -> bool:
-        return self.dpop == "required"
-
 
 @dataclass(frozen=True)
 class UpstreamSettings:

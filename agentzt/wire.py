@@ -20,8 +20,14 @@ from agentzt.errors import (
     RequestTooLargeError,
     UpstreamStatusError,
 )
+from agentzt.identity.tokens import TASK_ID
 
 REQUEST_ID_HEADER = "x-agentzt-request-id"
+# The task a call belongs to (task-bound tokens), and the route that ends one.
+TASK_HEADER = "x-agentzt-task-id"
+TASK_END = re.compile(rf"/v1/tasks/({TASK_ID.pattern})/end")
+# Token responses must not be cached anywhere (RFC 6749 section 5.1).
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Deeply nested JSON is refused before it can exhaust the parser's recursion.
 MAX_JSON_DEPTH = 64

@@ -9,12 +9,16 @@ Run by ``agentzt demo``; ``run(proxy_url)`` returns one outcome a step.
 
 from __future__ import annotations
 
+import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 import httpx
+
+from agentzt.identity import Prover, SigningKey, new_jti
 
 DUMMY_API_KEY = "sk-ant-dummy-the-proxy-drops-this"
 
@@ -131,6 +135,29 @@ def steps(client: anthropic.Anthropic, http: httpx.Client) -> list[Callable[[], 
         lambda: end_task(http, "q3-report"),
         lambda: ask_in_task(client, "q3-report", "One more section, please."),
     ]
+
+
+def replay_stolen(gateway_url: str, token: str, tls: ssl.SSLContext | None) -> Outcome:
+    """Not the agent: an attacker who dumped the proxy's memory and calls the gateway
+    with the token it found, once with no DPoP proof and once with a proof signed by a
+    key of its own. Both must be refused."""
+    own = Prover(SigningKey.generate(), new_jti)
+    url = f"{gateway_url}/v1/models"
+    attempts = [
+        {"authorization": f"DPoP {token}"},
+        {
+            "authorization": f"DPoP {token}",
+            "dpop": own.proof("GET", url, now=time.time(), access_token=token),
+        },
+    ]
+    with httpx.Client(verify=tls or True, timeout=10) as http:
+        answers = [http.get(url, headers=headers) for headers in attempts]
+    statuses = {a.status_code for a in answers}
+    types = {a.json().get("error", {}).get("type") for a in answers if a.status_code != 200}
+    status = statuses.pop() if len(statuses) == 1 else 0
+    error_type = types.pop() if len(types) == 1 else None
+    summary = " / ".join(a.json().get("error", {}).get("message", "allowed") for a in answers)
+    return Outcome(status, error_type, summary, answers[0].headers.get("x-agentzt-request-id"))
 
 
 def run(proxy_url: str) -> list[Outcome]:

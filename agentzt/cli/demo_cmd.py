@@ -16,7 +16,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Annotated
 
-import httpx
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -30,7 +29,7 @@ from agentzt.cli.output import console
 from agentzt.config import Paths, TlsSettings, load_gateway_settings
 from agentzt.errors import AgentztError, ConfigError
 from agentzt.gateway import Gateway, create_app
-from agentzt.identity import Prover, SigningKey, enroll, new_jti, read_private_key
+from agentzt.identity import enroll, read_private_key
 from agentzt.policy import load_policy
 from agentzt.proxy import create_proxy_app
 from agentzt.server import bind, running, url_of
@@ -211,33 +210,12 @@ def demo_cmd(
 def _replay_stolen(
     agent: ModuleType, proxy: Starlette, gateway_url: str, tls: ssl.SSLContext | None
 ) -> object:
-    """An attacker who dumped the proxy's memory calls the gateway with its token: once
-    with no proof, once with a proof signed by a key of its own. (Under mutual TLS it
-    even holds the agent's client certificate.) Both must be refused."""
+    """The token an attacker would find in the proxy's memory, handed to the demo's
+    attacker (under mutual TLS it even holds the agent's client certificate)."""
     held = proxy.state.token_session.held()
     if held is None:
         return agent.Outcome(0, None, "the proxy held no token to steal", None)
-    own = Prover(SigningKey.generate(), new_jti)
-    url = f"{gateway_url}/v1/models"
-    attempts = [
-        {"authorization": f"DPoP {held.value}"},
-        {
-            "authorization": f"DPoP {held.value}",
-            "dpop": own.proof("GET", url, now=time.time(), access_token=held.value),
-        },
-    ]
-    answers = []
-    with httpx.Client(verify=tls or True, timeout=10) as http:
-        for headers in attempts:
-            answers.append(http.get(url, headers=headers))
-    statuses = {a.status_code for a in answers}
-    types = {a.json().get("error", {}).get("type") for a in answers if a.status_code != 200}
-    status = statuses.pop() if len(statuses) == 1 else 0
-    error_type = types.pop() if len(types) == 1 else None
-    summary = " / ".join(a.json().get("error", {}).get("message", "allowed") for a in answers)
-    return agent.Outcome(
-        status, error_type, summary, answers[0].headers.get("x-agentzt-request-id")
-    )
+    return agent.replay_stolen(gateway_url, held.value, tls)
 
 
 def _anonymous_refused(url: str, ca: Path) -> str | None:

@@ -20,6 +20,7 @@ from agentzt.cli import app, paths_of
 from agentzt.cli.output import console
 from agentzt.errors import UsageError
 from agentzt.identity import TASK_ID, Ledger
+from agentzt.identity.ledger import CLI_BUSY_TIMEOUT
 from agentzt.identity.registry import check_agent_id
 
 JTI = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -58,7 +59,7 @@ def tokens_cmd(
     if not path.exists():
         typer.echo(f"no tokens issued yet (no ledger at {path})", err=True)
         return
-    ledger = Ledger(path, create=False)
+    ledger = Ledger(path, create=False, busy_timeout=CLI_BUSY_TIMEOUT)
     now = time.time()
     try:
         rows = ledger.rows(now=now, agent_id=agent, task_id=task, live=live, limit=limit)
@@ -114,14 +115,14 @@ def revoke_cmd(
     reason = " ".join(reason.split())
     if not reason or len(reason) > 200 or not reason.isprintable():
         raise UsageError("--reason must be printable text of at most 200 characters")
-    ledger = Ledger(paths_of(ctx).token_ledger, create=False)
+    ledger = Ledger(paths_of(ctx).token_ledger, create=False, busy_timeout=CLI_BUSY_TIMEOUT)
     now = time.time()
     try:
         if task is not None and jti is None:
             if agent is not None:
                 count = ledger.end_task(agent, task, now=now, reason=reason)
             else:
-                count = ledger.end_tasks_named(task, now=now, reason=reason)
+                count = ledger.end_task_for_all(task, now=now, reason=reason)
             ended = f"; task {task} ended" + (f" for {agent}" if agent else "")
         else:
             count = ledger.revoke(now=now, reason=reason, jti=jti, agent_id=agent, task_id=task)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -23,6 +22,7 @@ from agentzt.gateway.streaming import UpstreamStream
 from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import (
     REQUEST_ID_HEADER,
+    TASK_END,
     error_response,
     oauth_error_response,
     request_id_of,
@@ -48,7 +48,6 @@ ROUTES: dict[tuple[str, str], tuple[str, routes.Handler]] = {
 # The action recorded when a request on that route is denied.
 DENIED_ACTION = {"token.issue": "token.reject", "elevation.grant": "elevation.reject"}
 TOOL_PREFIX = "/v1/tools/"
-TASK_END = re.compile(r"/v1/tasks/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/end")
 KNOWN_PATHS = {path for _, path in ROUTES}
 
 
@@ -93,7 +92,8 @@ def create_app(gw: Gateway) -> Starlette:
         except AgentztError as exc:
             decision, call.reason = "deny", exc.detail
             response = _deny(exc, action, request_id)
-            if response.status_code == 401:
+            # The OAuth endpoints authenticate clients, not tokens: no token challenge.
+            if response.status_code == 401 and not action.startswith("token."):
                 response.headers["www-authenticate"] = _challenge(gw, exc)
         except Exception as exc:  # fail closed, and audit it like any other deny
             log.exception("unexpected error handling %s", action)

@@ -17,8 +17,8 @@ from agentzt.gateway.call import Call
 from agentzt.identity import TASK_ID, AccessClaims, ProofVerifier
 from agentzt.identity.registry import AgentRecord
 from agentzt.tls.peer import PEER_SCOPE_KEY, PeerCert
+from agentzt.wire import TASK_HEADER
 
-TASK_HEADER = "x-agentzt-task-id"
 DPOP_HEADER = "dpop"
 
 
@@ -141,8 +141,6 @@ class SenderChecks:
                 "DPoP-bound token presented as a bearer token",
                 message="this token needs the DPoP scheme and a DPoP proof",
             )
-        if not _same(record.public_key.kid, claims.jkt):
-            raise AuthenticationError("the token is bound to a key that is no longer registered")
         proofs = request.headers.getlist(DPOP_HEADER)
         if len(proofs) != 1:
             raise InvalidDpopProofError(

@@ -23,10 +23,9 @@ from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
 from agentzt.identity import Grant
 from agentzt.policy import Resource, Role
 from agentzt.policy.load import RESOURCE_NAME
-from agentzt.wire import json_response, parse_json_object, read_body
+from agentzt.wire import NO_STORE, json_response, parse_json_object, read_body
 
 Handler = Callable[[Gateway, Request, Call], Awaitable[Response]]
-TOKEN_BODY_LIMIT = 16 * 1024
 ELEVATE_BODY_LIMIT = 16 * 1024
 MAX_REASON_CHARS = 500
 MODEL_CREATED_AT = "2025-01-01T00:00:00Z"
@@ -267,7 +266,12 @@ async def elevate(gw: Gateway, request: Request, call: Call) -> Response:
     cap = role.jit.max_ttl_seconds
     ttl = min(ttl or cap, cap)
     grant_token, grant = gw.elevations.issue(
-        claims.agent_id, kind=resource.kind, name=resource.name, reason=reason, ttl=ttl
+        claims.agent_id,
+        kind=resource.kind,
+        name=resource.name,
+        reason=reason,
+        ttl=ttl,
+        task=claims.task,
     )
     call.reason = f"JIT grant for {resource.scope} to {claims.agent_id} for {ttl} s"
     call.meta.update(grant={"jti": grant.jti, "exp": grant.exp}, max_uses=role.jit.max_uses)
@@ -277,5 +281,5 @@ async def elevate(gw: Gateway, request: Request, call: Call) -> Response:
             "expires_in": ttl,
             "resource": {"kind": resource.kind, "name": resource.name},
         },
-        headers={"cache-control": "no-store", "pragma": "no-cache"},
+        headers=NO_STORE,
     )

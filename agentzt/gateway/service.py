@@ -39,6 +39,7 @@ from agentzt.identity import (
     load_or_create_signing_key,
 )
 from agentzt.identity.elevation import new_epoch
+from agentzt.identity.registry import AgentRecord
 from agentzt.identity.tokens import CLOCK_SKEW_SECONDS
 from agentzt.policy import Decision, DecisionRequest, Policy, Resource, decide, load_policy
 from agentzt.policy.abac import check_hours, check_risk
@@ -157,11 +158,23 @@ class Gateway:
         scheme, token = scheme.lower(), token.strip()
         if scheme not in ("bearer", "dpop") or not token:
             raise AuthenticationError("no access token (Authorization: DPoP or Bearer)")
+        claims, record = self.live(token, call)
+        self.senders.check(request, call, scheme, token, claims, record)
+        return claims
+
+    def live(self, token: str, call: Call | None = None) -> tuple[AccessClaims, AgentRecord]:
+        """The claims of ``token`` and its agent's record, if the token is live: it
+        verifies, the ledger holds it unrevoked, its agent is still active in the token's
+        role, and the key and certificate it is bound to are still the agent's registered
+        ones. Everything but the checks of the request presenting it, so introspection
+        gives the same answer a call would get.
+        """
         claims = self.verifier.verify(token)
-        call.agent_id, call.role = claims.agent_id, claims.role
-        call.meta["jti"] = claims.jti
-        if claims.task is not None:
-            call.meta["task"] = claims.task
+        if call is not None:
+            call.agent_id, call.role = claims.agent_id, claims.role
+            call.meta["jti"] = claims.jti
+            if claims.task is not None:
+                call.meta["task"] = claims.task
         # IMPORTANT: the ledger row is read on every call (the verified claims are
         # cached, their revocation is not), so a revocation takes effect at once. A token
         # the ledger never recorded is refused too: the ledger is the list of what is live.
@@ -171,13 +184,18 @@ class Gateway:
         if revoked is not None:
             raise RevokedTokenError(f"token revoked: {revoked}")
         # IMPORTANT: the registry is consulted on every call, so disabling an agent,
-        # changing its role or renewing its certificate takes effect at once, not when
-        # its tokens expire.
+        # changing its role, re-enrolling its key or renewing its certificate takes
+        # effect at once, not when its tokens expire.
         record = self.registry.active(claims.agent_id)
         if record.role != claims.role:
             raise AuthenticationError("the agent's registered role changed since issuance")
-        self.senders.check(request, call, scheme, token, claims, record)
-        return claims
+        if claims.jkt is not None and claims.jkt != record.public_key.kid:
+            raise AuthenticationError("the token is bound to a key that is no longer registered")
+        if claims.x5t is not None and claims.x5t != record.certificate:
+            raise AuthenticationError(
+                "the token is bound to a certificate that is no longer registered"
+            )
+        return claims, record
 
     def authorize(
         self, request: Request, call: Call, claims: AccessClaims, role: Role, resource: Resource
@@ -235,6 +253,10 @@ class Gateway:
             raise refuse("issued to another agent")
         if grant.scope != resource.scope:
             raise refuse("issued for another resource")
+        # A grant asked for under a task dies with it: only that task's token (revoked
+        # when the task ends) can present it.
+        if grant.task != claims.task:
+            raise refuse("issued for another task")
         # The live policy decides, so removing a resource from a role's jit list (or
         # shortening its TTL) also retires grants already handed out.
         if resource.name not in role.jit.elevatable(resource.kind):

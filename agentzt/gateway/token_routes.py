@@ -22,10 +22,9 @@ from agentzt.errors import (
 from agentzt.gateway.call import Call
 from agentzt.gateway.service import Gateway
 from agentzt.identity import CLIENT_ASSERTION_TYPE, TASK_ID, AccessClaims
-from agentzt.wire import json_response, read_body
+from agentzt.wire import NO_STORE, json_response, read_body
 
 TOKEN_BODY_LIMIT = 16 * 1024
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 
 def _form(body: bytes, request: Request) -> dict[str, str]:
@@ -97,9 +96,8 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
     )
     call.reason = f"issued to {agent_id} for role {role.name}"
     call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
-    cnf = _cnf(claims)
-    if cnf:
-        call.meta["cnf"] = cnf
+    if claims.cnf:
+        call.meta["cnf"] = claims.cnf
     return json_response(
         {
             "access_token": access_token,
@@ -109,10 +107,6 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
         },
         headers=NO_STORE,
     )
-
-
-def _cnf(claims: AccessClaims) -> dict[str, str]:
-    return {k: v for k, v in (("x5t#S256", claims.x5t), ("jkt", claims.jkt)) if v is not None}
 
 
 def _operator(gw: Gateway, request: Request) -> bool:
@@ -162,7 +156,7 @@ async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
         )
     by = "the operator" if call.agent_id is None else "its agent"
     revoked = gw.ledger.revoke(now=gw.clock(), reason=f"revoked by {by}", jti=claims.jti)
-    call.reason = f"token {claims.jti} revoked" if revoked else "token was already revoked"
+    call.reason = f"token {claims.jti} revoked" if revoked else "nothing to revoke: already revoked"
     return Response(status_code=200, headers=NO_STORE)
 
 
@@ -171,30 +165,36 @@ async def introspect(gw: Gateway, request: Request, call: Call) -> Response:
     if not _operator(gw, request):
         raise AuthenticationError("introspection needs the operator credential")
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
-    claims = _claims_of(gw, form.get("token"))
-    answer: dict[str, Any] = {"active": False}
-    if claims is not None:
+    value = form.get("token")
+    if value is None:
+        raise InvalidRequestError("the token parameter is missing")
+    try:
+        # The very check a call makes (bar the request's own proof and channel), so
+        # introspection never calls live a token the gateway would refuse.
+        claims, _ = gw.live(value)
+    except AuthenticationError as exc:
+        call.meta["inactive"] = exc.detail
+        answer: dict[str, Any] = {"active": False}
+    else:
         call.meta["jti"] = claims.jti
-        known, revoked = gw.ledger.revocation(claims.jti)
-        if known and revoked is None:
-            answer = {
-                "active": True,
-                "iss": gw.issuer,
-                "aud": gw.issuer,
-                "sub": claims.agent_id,
-                "client_id": claims.agent_id,
-                "role": claims.role,
-                "scope": " ".join(sorted(claims.scope)),
-                "iat": claims.iat,
-                "exp": claims.exp,
-                "jti": claims.jti,
-                "token_type": "DPoP" if claims.jkt is not None else "Bearer",
-            }
-            if claims.task is not None:
-                answer["task_id"] = claims.task
-            cnf = _cnf(claims)
-            if cnf:
-                answer["cnf"] = cnf
+        answer = {
+            "active": True,
+            "iss": gw.issuer,
+            "aud": gw.issuer,
+            "sub": claims.agent_id,
+            "client_id": claims.agent_id,
+            "role": claims.role,
+            "scope": " ".join(sorted(claims.scope)),
+            "iat": claims.iat,
+            "exp": claims.exp,
+            "jti": claims.jti,
+            "token_type": "DPoP" if claims.jkt is not None else "Bearer",
+        }
+        if claims.task is not None:
+            answer["task_id"] = claims.task
+        cnf = claims.cnf
+        if cnf:
+            answer["cnf"] = cnf
     call.reason = f"introspected: {'active' if answer['active'] else 'inactive'}"
     return json_response(answer, headers=NO_STORE)
 

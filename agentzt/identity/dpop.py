@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from agentzt.errors import InvalidDpopProofError, ReplayedTokenError, TokenError
 from agentzt.identity import jws
-from agentzt.identity.keys import SigningKey, VerifyKey, b64url
+from agentzt.identity.keys import SigningKey, VerifyKey, b64url, okp_thumbprint
 from agentzt.identity.replay import ReplayCache
 
 Clock = Callable[[], float]
@@ -78,8 +78,7 @@ def jwk_thumbprint(jwk: object) -> str:
         raise InvalidDpopProofError("DPoP proof: jwk is not an Ed25519 public key")
     if len(x) != X_LENGTH or not x.isascii():
         raise InvalidDpopProofError("DPoP proof: jwk x is not a 32-byte key")
-    canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + x + '"}'
-    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+    return okp_thumbprint(x)
 
 
 class Prover:
@@ -93,7 +92,6 @@ class Prover:
             "typ": "dpop+jwt",
             "jwk": {"kty": "OKP", "crv": "Ed25519", "x": public.b64url},
         }
-        self.thumbprint = public.kid
 
     def proof(self, method: str, url: str, *, now: float, access_token: str | None = None) -> str:
         claims: dict[str, Any] = {

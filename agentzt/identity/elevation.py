@@ -22,7 +22,7 @@ from agentzt.errors import (
 )
 from agentzt.identity import jws
 from agentzt.identity.keys import SigningKey, VerifyKey
-from agentzt.identity.tokens import CLOCK_SKEW_SECONDS, new_jti, pinned_key
+from agentzt.identity.tokens import CLOCK_SKEW_SECONDS, TASK_ID, new_jti, pinned_key
 
 Clock = Callable[[], float]
 ELEVATION_TYP = frozenset({"elevation+jwt"})
@@ -40,6 +40,8 @@ class Grant:
     jti: str
     iat: int
     exp: int
+    # The task of the token that asked for it: the grant serves only calls of that task.
+    task: str | None = None
 
     @property
     def scope(self) -> str:
@@ -59,11 +61,18 @@ class ElevationIssuer:
         self._headers = {"typ": "elevation+jwt", "kid": key.public.kid}
 
     def issue(
-        self, agent_id: str, *, kind: str, name: str, reason: str, ttl: int
+        self,
+        agent_id: str,
+        *,
+        kind: str,
+        name: str,
+        reason: str,
+        ttl: int,
+        task: str | None = None,
     ) -> tuple[str, Grant]:
         now = int(self._clock())
-        grant = Grant(agent_id, kind, name, reason, new_jti(), now, now + ttl)
-        payload = {
+        grant = Grant(agent_id, kind, name, reason, new_jti(), now, now + ttl, task)
+        payload: dict[str, object] = {
             "iss": self._issuer,
             "aud": self._issuer,
             "sub": agent_id,
@@ -74,6 +83,8 @@ class ElevationIssuer:
             "jti": grant.jti,
             "epoch": self._epoch,
         }
+        if task is not None:
+            payload["task"] = task
         return jws.encode(payload, self._key, headers=self._headers), grant
 
 
@@ -120,6 +131,9 @@ class ElevationVerifier:
             raise MissingClaimError("resource or reason missing or malformed")
         if claims.get("epoch") != self._epoch:
             raise InvalidIssuerError("grant was issued before the gateway restarted")
+        task = claims.get("task")
+        if task is not None and (not isinstance(task, str) or not TASK_ID.fullmatch(task)):
+            raise MissingClaimError("task is not a task id")
         return Grant(
             agent_id=claims["sub"],
             kind=resource["kind"],
@@ -128,6 +142,7 @@ class ElevationVerifier:
             jti=claims["jti"],
             iat=int(claims["iat"]),
             exp=int(claims["exp"]),
+            task=task,
         )
 
 

@@ -61,8 +61,8 @@ class _Ed25519(Algorithm):
         return key.sign(msg)
 
     def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
-        # Unused: decode() below verifies through VerifyKey directly.
-        return False
+        # decode() below verifies through VerifyKey; nothing may verify through pyjwt.
+        raise NotImplementedError("agentzt verifies signatures through VerifyKey only")
 
     @staticmethod
     def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
@@ -139,9 +139,15 @@ def _b64url(segment: str) -> bytes:
     if len(segment) % 4 == 1:
         raise MalformedTokenError("a segment is not base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError) as exc:
         raise MalformedTokenError("a segment is not base64url") from exc
+    # IMPORTANT: only the canonical spelling (unused low bits zero), so each token and
+    # proof has exactly one string form; otherwise 16 spellings of one signature would
+    # all verify.
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment.encode("ascii"):
+        raise MalformedTokenError("a segment is not canonical base64url")
+    return decoded
 
 
 def _split(token: str) -> tuple[dict[str, Any], bytes, bytes]:

@@ -34,6 +34,12 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def okp_thumbprint(x: str) -> str:
+    """RFC 7638 thumbprint of the Ed25519 JWK whose ``x`` is given (base64url)."""
+    canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + x + '"}'
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
 def check_public_key(raw: bytes) -> None:
     """Raise ValueError unless ``raw`` is a canonical Ed25519 point of prime order.
 
@@ -66,8 +72,7 @@ class VerifyKey:
     @functools.cached_property
     def kid(self) -> str:
         """RFC 7638 JWK thumbprint: a stable key id that any JOSE library can recompute."""
-        canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + self.b64url + '"}'
-        return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+        return okp_thumbprint(self.b64url)
 
     def jwk(self) -> dict[str, str]:
         return {

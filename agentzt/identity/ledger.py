@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentzt.errors import StateStoreError
+from agentzt.errors import StateStoreError, TaskEndedError
+from agentzt.identity.tokens import CLOCK_SKEW_SECONDS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS tokens_by_agent_task ON tokens (agent_id, task_id);
+CREATE INDEX IF NOT EXISTS tokens_by_task ON tokens (task_id);
 CREATE TABLE IF NOT EXISTS ended_tasks (
     agent_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -45,8 +47,16 @@ COLUMNS = (
     "jti, agent_id, role, task_id, scope, binding, issued_at, expires_at, "
     "revoked_at, revoked_reason"
 )
-# Long enough for the CLI's short transactions; the gateway waits this long at most.
-BUSY_TIMEOUT_SECONDS = 2.0
+# How long a writer waits for another's lock. The gateway waits briefly (it waits on
+# its event loop, and the CLI's transactions are tiny); the CLI waits longer.
+GATEWAY_BUSY_TIMEOUT = 0.5
+CLI_BUSY_TIMEOUT = 5.0
+# ended_tasks.agent_id for a task the operator ended for every agent; no agent id can
+# be "*".
+ANY_AGENT = "*"
+# A token is accepted up to this long after its exp (clock skew), so it stays revocable
+# for as long.
+REVOCABLE_AFTER_EXPIRY = CLOCK_SKEW_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +95,9 @@ class TokenRow:
 
 
 class Ledger:
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, create: bool = True, busy_timeout: float = GATEWAY_BUSY_TIMEOUT
+    ) -> None:
         """Open the ledger at ``path``; ``create=False`` refuses to make a new one."""
         self.path = path
         if not path.exists():
@@ -98,7 +110,7 @@ class Ledger:
             # One connection used from the event loop thread only; the flag lets the
             # gateway open it before its server thread starts.
             self._db = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
@@ -129,12 +141,23 @@ class Ledger:
         issued_at: int,
         expires_at: int,
     ) -> None:
-        """Write one issuance; the token may be handed out only once this returns."""
-        self._run(
+        """Write one issuance; the token may be handed out only once this returns.
+
+        IMPORTANT: for a task token, the check that the task has not ended and the insert
+        are one statement, so a task ended by another process (the CLI) between the token
+        endpoint's early check and this write cannot leave a live token behind.
+        """
+        cursor = self._run(
             "INSERT INTO tokens (jti, agent_id, role, task_id, scope, binding, issued_at,"
-            " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (jti, agent_id, role, task_id, scope, binding, issued_at, expires_at),
+            " expires_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM"
+            " ended_tasks WHERE task_id = ? AND agent_id IN (?, ?))",
+            (
+                *(jti, agent_id, role, task_id, scope, binding, issued_at, expires_at),
+                *(task_id, agent_id, ANY_AGENT),
+            ),
         )
+        if cursor.rowcount != 1:
+            raise TaskEndedError(f"task {task_id} was ended")
 
     def revocation(self, jti: str) -> tuple[bool, str | None]:
         """``(known, revoked_reason)`` for one token: the per-call check."""
@@ -147,7 +170,8 @@ class Ledger:
 
     def task_ended(self, agent_id: str, task_id: str) -> bool:
         row = self._run(
-            "SELECT 1 FROM ended_tasks WHERE agent_id = ? AND task_id = ?", (agent_id, task_id)
+            "SELECT 1 FROM ended_tasks WHERE task_id = ? AND agent_id IN (?, ?)",
+            (task_id, agent_id, ANY_AGENT),
         ).fetchone()
         return row is not None
 
@@ -169,7 +193,7 @@ class Ledger:
         cursor = self._run(
             f"UPDATE tokens SET revoked_at = ?, revoked_reason = ? WHERE {' AND '.join(where)}"  # noqa: S608
             " AND revoked_at IS NULL AND expires_at > ?",
-            (now, reason, *params, int(now)),
+            (now, reason, *params, int(now) - REVOCABLE_AFTER_EXPIRY),
         )
         return cursor.rowcount
 
@@ -183,23 +207,21 @@ class Ledger:
                     (agent_id, task_id, now, reason),
                 )
                 cursor = self._db.execute(
-                    "UPDATE tokens SET revoked_at = ?, revoked_reason = ? WHERE agent_id = ?"
-                    " AND task_id = ? AND revoked_at IS NULL AND expires_at > ?",
-                    (now, reason, agent_id, task_id, int(now)),
+                    "UPDATE tokens SET revoked_at = ?, revoked_reason = ? WHERE task_id = ?"
+                    " AND (agent_id = ? OR ? = ?) AND revoked_at IS NULL AND expires_at > ?",
+                    (
+                        *(now, reason, task_id, agent_id, agent_id, ANY_AGENT),
+                        int(now) - REVOCABLE_AFTER_EXPIRY,
+                    ),
                 )
                 return cursor.rowcount
         except sqlite3.Error as exc:
             raise StateStoreError(f"token ledger: {exc}") from exc
 
-    def end_tasks_named(self, task_id: str, *, now: float, reason: str) -> int:
-        """End ``task_id`` for every agent that has tokens for it (the operator's --task)."""
-        agents = [
-            row[0]
-            for row in self._run(
-                "SELECT DISTINCT agent_id FROM tokens WHERE task_id = ?", (task_id,)
-            ).fetchall()
-        ]
-        return sum(self.end_task(a, task_id, now=now, reason=reason) for a in agents)
+    def end_task_for_all(self, task_id: str, *, now: float, reason: str) -> int:
+        """End ``task_id`` for every agent, those yet to ask for it included (the
+        operator's ``agentzt revoke --task T``)."""
+        return self.end_task(ANY_AGENT, task_id, now=now, reason=reason)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -130,6 +130,11 @@ class AccessClaims:
     task: str | None = None
 
     @property
+    def cnf(self) -> dict[str, str]:
+        """The RFC 7800 confirmation claim: what the token is bound to (may be empty)."""
+        return {k: v for k, v in (("x5t#S256", self.x5t), ("jkt", self.jkt)) if v is not None}
+
+    @property
     def binding(self) -> str:
         """What the token is bound to, as the ledger and ``agentzt tokens`` show it."""
         kinds = [k for k, v in (("dpop", self.jkt), ("mtls", self.x5t)) if v is not None]
@@ -179,9 +184,8 @@ class AccessTokenIssuer:
             "exp": claims.exp,
             "jti": claims.jti,
         }
-        cnf = {k: v for k, v in (("x5t#S256", x5t), ("jkt", jkt)) if v is not None}
-        if cnf:
-            payload["cnf"] = cnf
+        if claims.cnf:
+            payload["cnf"] = claims.cnf
         if task is not None:
             payload["task"] = task
         return jws.encode(payload, self._key, headers=self._headers), claims

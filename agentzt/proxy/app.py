@@ -31,7 +31,15 @@ from agentzt.errors import (
 from agentzt.identity import TASK_ID, SigningKey
 from agentzt.proxy.session import Token, TokenSession, unreachable
 from agentzt.sse import error_frame
-from agentzt.wire import REQUEST_ID_HEADER, error_response, json_response, read_body, request_id_of
+from agentzt.wire import (
+    REQUEST_ID_HEADER,
+    TASK_END,
+    TASK_HEADER,
+    error_response,
+    json_response,
+    read_body,
+    request_id_of,
+)
 
 log = logging.getLogger("agentzt.proxy")
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -42,9 +50,6 @@ FORWARDED_PATHS = {
     ("GET", "/v1/tools"),
 }
 TOOL_CALL = re.compile(r"/v1/tools/[a-z0-9][a-z0-9._-]{0,126}")
-TASK_END = re.compile(r"/v1/tasks/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/end")
-# ``x-agentzt-task-id: T`` runs the call under a token issued for task T alone.
-TASK_HEADER = "x-agentzt-task-id"
 # ``x-agentzt-elevate: tool:NAME`` asks the proxy to get a JIT grant before the call.
 ELEVATE_HEADER = "x-agentzt-elevate"
 ELEVATE_REASON_HEADER = "x-agentzt-elevate-reason"

@@ -102,7 +102,14 @@ class TokenSession:
             current = self._tokens.get(task)
             if current is not None and current is not stale and self._clock() < current.expires_at:
                 return current
-            fresh = await self._request_token(task)
+            try:
+                fresh = await self._request_token(task)
+            except Exception:
+                # The token being replaced was refused (a 401) or is about to expire;
+                # keeping it would only cost the next call another refused attempt.
+                if stale is not None and self._tokens.get(task) is stale:
+                    del self._tokens[task]
+                raise
             self._tokens.pop(task, None)
             self._tokens[task] = fresh
             tasks = [t for t in self._tokens if t is not None]
