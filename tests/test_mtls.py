@@ -668,8 +668,10 @@ def test_renewing_a_certificate_retires_the_old_one_and_its_tokens_at_once(
 
     resp = _call(mtls, old_context, old_token)
     assert resp.status_code == 401
+    # The token's own binding is checked before the connection's: it names a
+    # certificate that is no longer the agent's.
     assert read_events(mtls.paths.audit_log)[-1]["reason"] == (
-        "the client certificate is no longer the agent's registered one"
+        "the token is bound to a certificate that is not the agent's registered one"
     )
     assert mtls.token("agent-1", old_context).status_code == 401
     new_context = mtls.context_for("agent-1")

@@ -193,7 +193,9 @@ class Gateway:
             raise AuthenticationError("the token is bound to a key that is no longer registered")
         if claims.x5t is not None and claims.x5t != record.certificate:
             raise AuthenticationError(
-                "the token is bound to a certificate that is no longer registered"
+                "the token is bound to a certificate that is not the agent's registered one",
+                message="channel binding mismatch: the token is bound to a certificate that "
+                "is not the agent's registered one",
             )
         return claims, record
 
