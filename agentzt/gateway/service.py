@@ -124,7 +124,8 @@ class Gateway:
         self.limiter = SlidingWindowLimiter(clock)
         self.stream_slots = StreamSlots(self.settings.limits.max_concurrent_streams)
         self.toolbox: ToolBox = default_toolbox()
-        self.max_body_bytes = self.settings.limits.max_body_bytes
+        self.limits = self.settings.limits
+        self.max_body_bytes = self.limits.max_body_bytes
         self.audit = AuditLog(paths.audit_log, clock=clock)
 
     async def aclose(self) -> None:

@@ -50,8 +50,21 @@ def _task_id(value: str | None) -> str | None:
     return value
 
 
+def _throttle_address(gw: Gateway, request: Request) -> None:
+    """Count one OAuth request against the client's address, before any verification.
+
+    IMPORTANT: the TCP peer, never a forwarded-for header a client can set."""
+    address = request.client.host if request.client is not None else "unknown"
+    gw.limiter.hit(f"oauth-address\x00{address}", gw.limits.token_requests_per_minute_per_address)
+
+
+def _throttle_agent(gw: Gateway, agent_id: str) -> None:
+    gw.limiter.hit(f"oauth-agent\x00{agent_id}", gw.limits.token_requests_per_minute)
+
+
 async def token(gw: Gateway, request: Request, call: Call) -> Response:
     """RFC 6749 client_credentials with an RFC 7523 private_key_jwt assertion."""
+    _throttle_address(gw, request)
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
     if form.get("grant_type") != "client_credentials":
         raise UnsupportedGrantTypeError("grant_type is not client_credentials")
@@ -60,6 +73,7 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
     agent_id = gw.assertions.verify(form.get("client_assertion"))
     record = gw.registry.active(agent_id)
     call.agent_id, call.role = agent_id, record.role
+    _throttle_agent(gw, agent_id)
     role = gw.policy.roles.get(record.role)
     if role is None:
         raise InvalidScopeError(f"role {record.role} is not in the live policy")
@@ -133,12 +147,14 @@ def _claims_of(gw: Gateway, value: str | None) -> AccessClaims | None:
 async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
     """RFC 7009. The operator may revoke any token; an agent (authenticated with its
     client assertion, as at the token endpoint) only its own."""
+    _throttle_address(gw, request)
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
     if not _operator(gw, request):
         if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
             raise AuthenticationError("no operator credential and no client assertion")
         call.agent_id = gw.assertions.verify(form.get("client_assertion"))
         gw.registry.active(call.agent_id)
+        _throttle_agent(gw, call.agent_id)
     else:
         call.meta["by"] = "operator"
     claims = _claims_of(gw, form.get("token"))
@@ -162,6 +178,7 @@ async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
 
 async def introspect(gw: Gateway, request: Request, call: Call) -> Response:
     """RFC 7662, for the operator and resource servers holding the operator credential."""
+    _throttle_address(gw, request)
     if not _operator(gw, request):
         raise AuthenticationError("introspection needs the operator credential")
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
