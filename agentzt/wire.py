@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from agentzt.errors import (
     AgentztError,
@@ -31,6 +33,22 @@ NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Deeply nested JSON is refused before it can exhaust the parser's recursion.
 MAX_JSON_DEPTH = 64
+
+
+class EveryMethod:
+    """An ASGI app that hands every HTTP request, whatever its method, to ``endpoint``.
+
+    IMPORTANT: a Starlette route given a function answers only the methods it lists and
+    sends its own plain 405 for any other (PROPFIND, TRACE…), which would skip our audit
+    event and error envelope. Given an ASGI app, the route leaves the method to it.
+    """
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 def request_id_of(headers: Headers) -> str:

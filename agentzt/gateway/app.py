@@ -23,13 +23,13 @@ from agentzt.policy.load import RESOURCE_NAME
 from agentzt.wire import (
     REQUEST_ID_HEADER,
     TASK_END,
+    EveryMethod,
     error_response,
     oauth_error_response,
     request_id_of,
 )
 
 log = logging.getLogger("agentzt.gateway")
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 # (method, path) -> (audit action, handler)
 ROUTES: dict[tuple[str, str], tuple[str, routes.Handler]] = {
@@ -143,7 +143,7 @@ def create_app(gw: Gateway) -> Starlette:
         await gw.aclose()
 
     return Starlette(
-        routes=[Route("/{path:path}", endpoint, methods=METHODS)],
+        routes=[Route("/{path:path}", EveryMethod(endpoint))],
         lifespan=lifespan,
     )
 

@@ -35,6 +35,7 @@ from agentzt.wire import (
     REQUEST_ID_HEADER,
     TASK_END,
     TASK_HEADER,
+    EveryMethod,
     error_response,
     json_response,
     read_body,
@@ -42,7 +43,6 @@ from agentzt.wire import (
 )
 
 log = logging.getLogger("agentzt.proxy")
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 FORWARDED_PATHS = {
     ("POST", "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"),
@@ -267,7 +267,9 @@ def create_proxy_app(
         path, method = request.url.path, request.method
         try:
             if path == "/healthz" and method == "GET":
-                return json_response({"status": "ok", "agent_id": agent_id})
+                healthy = json_response({"status": "ok", "agent_id": agent_id})
+                healthy.headers[REQUEST_ID_HEADER] = request_id
+                return healthy
             if not _forwarded(path, method):
                 raise NotFoundError("the proxy does not forward this route")
             body = await read_body(request, MAX_BODY_BYTES)
@@ -305,4 +307,4 @@ def create_proxy_app(
             app.state.token_session = link.session
             yield
 
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=METHODS)], lifespan=lifespan)
+    return Starlette(routes=[Route("/{path:path}", EveryMethod(endpoint))], lifespan=lifespan)
