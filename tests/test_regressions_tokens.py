@@ -554,3 +554,18 @@ def test_proxy_drops_a_dead_task_token_after_a_failed_refresh(env: Env) -> None:
             assert proxy.get("/v1/models").status_code == 200
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("claim", ["iss", "sub", "jti", "aud"])
+def test_a_string_claim_with_a_lone_surrogate_is_refused(claim: str) -> None:
+    """A ``\\ud800`` escape parses to a string with no UTF-8 form: a jti like that was
+    accepted, and a sub like that could not be audited (503 with no event)."""
+    from agentzt.errors import MissingClaimError
+    from agentzt.identity import jws
+
+    claims = {"iss": "a", "sub": "a", "aud": "b", "jti": "j", "iat": 1, "exp": 2}
+    raw = json.dumps({**claims, claim: "x\ud800y"}).encode("ascii")
+    assert b"\\ud800" in raw
+    with pytest.raises(MissingClaimError, match="not valid Unicode"):
+        jws.parse_claims(raw)
+    assert jws.parse_claims(json.dumps(claims).encode())["jti"] == "j"

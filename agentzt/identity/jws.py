@@ -190,7 +190,19 @@ def parse_claims(payload: bytes, required: tuple[str, ...] = REQUIRED_CLAIMS) ->
         value = claims[name]
         if not isinstance(value, str) or not value or len(value) > MAX_STRING_CLAIM:
             raise MissingClaimError(f"claim {name} is not a non-empty string")
+        # A "\ud800" escape parses to a lone surrogate, which has no UTF-8 form: such a
+        # name could not be written to the audit log or matched against the registry.
+        if not value.isascii() and not _is_unicode(value):
+            raise MissingClaimError(f"claim {name} is not valid Unicode")
     return claims
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_time_and_audience(
