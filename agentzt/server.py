@@ -23,6 +23,10 @@ from agentzt.tls.peer import PEER_SCOPE_KEY, peer_from_ssl
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAS_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+# The request line and headers of one request: at most this many bytes, arriving within
+# this many seconds.
+MAX_HEADER_BYTES = 64 * 1024
+HEADER_TIMEOUT = 10.0
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -69,7 +73,66 @@ def _with_peer(protocol: Any) -> None:
     protocol.app = app_with_peer
 
 
-class _HttpToolsWithPeer(HttpToolsProtocol):
+class _BoundedHttpTools(HttpToolsProtocol):
+    """httptools with the bounds uvicorn leaves out: the request line and headers must
+    be at most MAX_HEADER_BYTES and arrive within HEADER_TIMEOUT seconds, from the
+    connection's start or the request's first byte. Otherwise the connection is closed
+    (an oversized head gets uvicorn's 400 first), so slow or huge headers cannot hold
+    a connection or memory.
+    """
+
+    header_timeout = HEADER_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEADER_BYTES:
+            # Raised inside the parser's callback: uvicorn answers 400 and closes.
+            raise ValueError("request head over the size limit")
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+class _HttpToolsWithPeer(_BoundedHttpTools):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         _with_peer(self)
@@ -81,13 +144,22 @@ class _H11WithPeer(H11Protocol):
         _with_peer(self)
 
 
-def _config(app: Any, tls: ssl.SSLContext | None = None, **overrides: Any) -> uvicorn.Config:
+def _config(
+    app: Any,
+    tls: ssl.SSLContext | None = None,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    **overrides: Any,
+) -> uvicorn.Config:
     options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
         "lifespan": "on",
         "loop": "uvloop" if HAS_UVLOOP else "asyncio",
-        "http": "httptools" if HAS_HTTPTOOLS else "h11",
+        "http": _BoundedHttpTools if HAS_HTTPTOOLS else "h11",
+        # IMPORTANT: the client address is the TCP peer. uvicorn would otherwise take
+        # X-Forwarded-For from loopback clients, and every agent is a loopback client.
+        "proxy_headers": False,
         "server_header": False,
         "date_header": False,
         # Bounds on what one client can make the server hold (slow or huge headers).
@@ -97,6 +169,9 @@ def _config(app: Any, tls: ssl.SSLContext | None = None, **overrides: Any) -> uv
     if tls is not None:
         options["http"] = _HttpToolsWithPeer if HAS_HTTPTOOLS else _H11WithPeer
         options["ssl_context_factory"] = lambda config, default: tls
+    protocol = options["http"]
+    if header_timeout != HEADER_TIMEOUT and isinstance(protocol, type):
+        options["http"] = type(protocol.__name__, (protocol,), {"header_timeout": header_timeout})
     options.update(overrides)
     return uvicorn.Config(app, **options)
 

@@ -4,13 +4,14 @@ JSON, and the Anthropic and OAuth error shapes."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -70,16 +71,78 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestTooLargeError(f"content-length over {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLargeError(f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(f"body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # A body cut short (a bad chunk, a dropped connection) is the client's fault, and
+        # is refused and audited as such.
+        raise InvalidRequestError("the request body was cut short") from exc
     return b"".join(chunks)
+
+
+def require_json(request: Request, body: bytes) -> None:
+    """Refuse a body not declared as JSON.
+
+    IMPORTANT: browsers send text/plain and form bodies cross-site without a CORS
+    preflight; requiring application/json keeps a web page from driving an agent's
+    proxy (which attaches the agent's token) or the gateway.
+    """
+    if not body:
+        return
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        reason = "content-type must be application/json"
+        raise InvalidRequestError(reason, message=reason)
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """A bounded body, declared as JSON, parsed strictly into an object."""
+    body = await read_body(request, limit)
+    require_json(request, body)
+    return parse_json_object(body)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# Longer number literals are refused: no real request needs them, and a 1e999999 would
+# otherwise become float infinity and a 5,000-digit integer costs quadratic time.
+MAX_NUMBER_CHARS = 64
+
+
+def _parse_float(text: str) -> float:
+    value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError("number out of range")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # IMPORTANT: with a duplicate key, two parsers may read two requests from one body
+    # (the first "model" or the last); refuse rather than pick.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+_STRICT = json.JSONDecoder(
+    parse_constant=_reject_constant,
+    parse_float=_parse_float,
+    parse_int=_parse_int,
+    object_pairs_hook=_unique_keys,
+)
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -111,7 +174,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not _depth_ok(body):
         raise InvalidRequestError("JSON nested too deeply", message="JSON nested too deeply")
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = _STRICT.decode(body.decode("utf-8"))
         if b"\\u" in body:
             # Escapes can produce lone surrogates, which no UTF-8 writer accepts.
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -134,6 +197,9 @@ def error_response(exc: AgentztError, request_id: str) -> Response:
     headers = {}
     if isinstance(exc, RateLimitedError):
         headers["retry-after"] = str(exc.retry_after)
+    if isinstance(exc, RequestTooLargeError):
+        # Whatever of the body is still coming is not read; the connection must go.
+        headers["connection"] = "close"
     if isinstance(exc, UpstreamStatusError) and exc.retry_after:
         headers["retry-after"] = exc.retry_after
     payload = {
@@ -153,6 +219,8 @@ def oauth_error_response(exc: AgentztError) -> Response:
     headers = {"cache-control": "no-store"}
     if isinstance(exc, RateLimitedError):
         headers["retry-after"] = str(exc.retry_after)
+    if isinstance(exc, RequestTooLargeError):
+        headers["connection"] = "close"
     # IMPORTANT: every authentication failure reads the same, so the token endpoint
     # never tells a caller whether an agent id is enrolled; the audit log has the detail.
     description = AuthenticationError.message if status == 401 else exc.message

@@ -14,7 +14,16 @@ class SlidingWindowLimiter:
     """Counts requests in the current and previous fixed window and weighs the previous
     one by how much of it still overlaps the sliding window. Two integers per key, so
     the cost of a call never grows with recent traffic.
+
+    Keys are kept in the order their window last moved (a key moves to the end when it
+    enters a new window), so the keys that no longer count are always at the front and
+    forgetting them costs one step per key forgotten, never a scan of the table.
     """
+
+    # Beyond this many keys live at once, the least recently counted are forgotten
+    # early: memory stays bounded, and only a client spread over a million identities
+    # or addresses in one minute could gain by it.
+    MAX_KEYS = 1_000_000
 
     def __init__(self, clock: Callable[[], float], *, window_seconds: float = 60.0) -> None:
         self._clock = clock
@@ -29,14 +38,16 @@ class SlidingWindowLimiter:
         start = now - (now % window)
         state = self._state.get(key)
         if state is None:
-            if len(self._state) > 100_000:
-                self._forget_idle(start)
+            self._forget_idle(start)
             state = self._state[key] = [start, 0.0, 0.0]
         elif state[0] != start:
             # The previous window only counts if it is the one right before this one.
             state[1] = state[2] if start - state[0] == window else 0.0
             state[2] = 0.0
             state[0] = start
+            # To the end: the front keeps the keys whose windows are oldest.
+            del self._state[key]
+            self._state[key] = state
         elapsed = (now - start) / window
         estimate = state[1] * (1.0 - elapsed) + state[2]
         if estimate + 1 > limit:
@@ -62,10 +73,18 @@ class SlidingWindowLimiter:
             wait = start + t - now
         return max(1, math.ceil(wait))
 
-    def _forget_idle(self, start: float) -> None:
-        stale = [k for k, s in self._state.items() if start - s[0] > self._window]
-        for key in stale:
-            del self._state[key]
+    def _forget_idle(self, start: float) -> int:
+        """Drop the keys from the front whose counts no longer matter; return how many
+        entries were looked at (at most one more than were dropped)."""
+        examined = 0
+        state = self._state
+        while state:
+            key = next(iter(state))
+            examined += 1
+            if start - state[key][0] <= self._window and len(state) < self.MAX_KEYS:
+                break
+            del state[key]
+        return examined
 
 
 class StreamSlots:

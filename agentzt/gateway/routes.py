@@ -23,7 +23,7 @@ from agentzt.guardrails.conversation import Turn, argument_turns, message_turns
 from agentzt.identity import Grant
 from agentzt.policy import Resource, Role
 from agentzt.policy.load import RESOURCE_NAME
-from agentzt.wire import NO_STORE, json_response, parse_json_object, read_body
+from agentzt.wire import NO_STORE, json_response, read_json_object
 
 Handler = Callable[[Gateway, Request, Call], Awaitable[Response]]
 ELEVATE_BODY_LIMIT = 16 * 1024
@@ -99,7 +99,7 @@ async def _model_request(
 ) -> tuple[dict[str, Any], Role, Grant | None]:
     """Steps 1-2 for model routes: authenticate and count, read, authorize the model."""
     claims, role = gw.admit(request, call)
-    body = parse_json_object(await read_body(request, gw.max_body_bytes))
+    body = await read_json_object(request, gw.max_body_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not RESOURCE_NAME.fullmatch(model):
         # IMPORTANT: only well-formed names reach the policy and the audit log, so a
@@ -204,7 +204,7 @@ def tool_call(name: str) -> Handler:
         if name not in gw.toolbox.names():
             raise NotFoundError("unknown tool", message="unknown tool")
         grant = gw.authorize(request, call, claims, role, Resource("tool", name))
-        body = parse_json_object(await read_body(request, gw.max_body_bytes))
+        body = await read_json_object(request, gw.max_body_bytes)
         if set(body) - {"arguments"}:
             raise InvalidRequestError(
                 "unknown field in tool call body; only 'arguments' is accepted"
@@ -249,7 +249,7 @@ def _elevation_request(body: dict[str, Any]) -> tuple[Resource, str, int | None]
 async def elevate(gw: Gateway, request: Request, call: Call) -> Response:
     """Issue a JIT grant for exactly one resource the role lists as elevatable."""
     claims, role = gw.admit(request, call)
-    body = parse_json_object(await read_body(request, ELEVATE_BODY_LIMIT))
+    body = await read_json_object(request, ELEVATE_BODY_LIMIT)
     resource, reason, ttl = _elevation_request(body)
     call.resource = resource.scope
     # The reason is the agent's own text: it goes into the audit log and the grant, so

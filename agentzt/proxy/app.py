@@ -40,6 +40,7 @@ from agentzt.wire import (
     json_response,
     read_body,
     request_id_of,
+    require_json,
 )
 
 log = logging.getLogger("agentzt.proxy")
@@ -273,6 +274,7 @@ def create_proxy_app(
             if not _forwarded(path, method):
                 raise NotFoundError("the proxy does not forward this route")
             body = await read_body(request, MAX_BODY_BYTES)
+            require_json(request, body)
             extra = await elevation_for(request, request_id)
             if isinstance(extra, Answer):
                 answer = extra
