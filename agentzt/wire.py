@@ -64,7 +64,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes before and while reading."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # isascii first: str.isdigit() also takes superscripts such as "²", which int()
+        # refuses.
+        if not (declared.isascii() and declared.isdigit()):
             raise InvalidRequestError("content-length is not a number")
         # Compare lengths first: int() refuses numbers past 4300 digits.
         if len(declared) > 15 or int(declared) > limit:

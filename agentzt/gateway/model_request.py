@@ -61,7 +61,12 @@ def _check_sources(blocks: list[Any]) -> None:
         if not isinstance(block, dict):
             continue
         source = block.get("source")
-        if isinstance(source, dict) and source.get("type") not in READABLE_SOURCES:
+        kind_of = source.get("type") if isinstance(source, dict) else None
+        # Only a string can name a readable source; an object or array here is no less
+        # refused (and must not reach the set lookup, which would raise).
+        if isinstance(source, dict) and (
+            not isinstance(kind_of, str) or kind_of not in READABLE_SOURCES
+        ):
             kind = str(source.get("type"))[:32]
             raise _refuse(f"content source type '{kind}' is not accepted: send the content")
         nested = block.get("content")

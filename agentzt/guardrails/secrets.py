@@ -183,6 +183,16 @@ class _Detector:
         return "".join(pieces)
 
 
+def _starts(alphabet: str, prefix: str) -> str:
+    """A look-behind, placed right after ``prefix``: the prefix starts a token when the
+    character before it is not in ``alphabet``, or when that character ends a JSON
+    escape (``\\n``, ``\\t``, ``\\u00e9``…), as in a secret written inside JSON text."""
+    return (
+        rf"(?:(?<![{alphabet}]{prefix})|(?<=\\[bfnrt]{prefix})"
+        rf"|(?<=\\u[0-9A-Fa-f]{{4}}{prefix}))"
+    )
+
+
 def _detector(
     kind: str,
     pattern: str,
@@ -211,19 +221,20 @@ def _detectors() -> tuple[_Detector, ...]:
         # Keys are random base62, so they carry a digit; slugs like "sk-learn-..." do not.
         _detector(
             "openai-key",
-            rf"(?P<secret>sk-(?<![{_B64URL}]sk-)(?!ant-)[{_B64URL}]{{20,}}+)",
+            rf"(?P<secret>sk-{_starts(_B64URL, 'sk-')}(?!ant-)[{_B64URL}]{{20,}}+)",
             "sk-",
             accept=_has_digit,
         ),
         _detector(
             "stripe-key",
-            r"(?P<secret>[rs]k_(?<![A-Za-z0-9][rs]k_)(?:live|test)_[A-Za-z0-9]{16,}+)",
+            rf"(?P<secret>[rs]k_{_starts('A-Za-z0-9', '[rs]k_')}(?:live|test)_[A-Za-z0-9]{{16,}}+)",
             "k_live_",
             "k_test_",
         ),
         _detector(
             "aws-access-key",
-            r"(?P<secret>A(?<![A-Z0-9]A)(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16})(?![A-Z0-9])",
+            rf"(?P<secret>A{_starts('A-Z0-9', 'A')}(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{{16}})"
+            r"(?![A-Z0-9])",
         ),
         _detector(
             "aws-secret-key",
@@ -246,14 +257,14 @@ def _detectors() -> tuple[_Detector, ...]:
         ),
         _detector(
             "slack-token",
-            r"(?P<secret>xox(?<![A-Za-z0-9]xox)[abprs]-[A-Za-z0-9-]{10,}+)",
+            rf"(?P<secret>xox{_starts('A-Za-z0-9', 'xox')}[abprs]-[A-Za-z0-9-]{{10,}}+)",
             "xox",
         ),
         _detector("google-api-key", rf"(?P<secret>AIza[{_B64URL}]{{35}})", "aiza"),
         # Header and payload, then a signature that alg "none" leaves empty; JWE adds two.
         _detector(
             "jwt",
-            rf"(?P<secret>eyJ(?<![{_B64URL}]eyJ)[{_B64URL}]{{10,}}+\.[{_B64URL}]{{2,}}+"
+            rf"(?P<secret>eyJ{_starts(_B64URL, 'eyJ')}[{_B64URL}]{{10,}}+\.[{_B64URL}]{{2,}}+"
             rf"\.[{_B64URL}]*+(?:\.[{_B64URL}]++){{0,2}})",
             "eyj",
         ),
