@@ -45,11 +45,6 @@ attacker-supplied data or secrets. ``detail`` is for the audit log and the opera
 
 from __future__ import annotations
 
-import re
-
-# C0 and C1 controls and the Unicode line and paragraph separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
 
 class AgentztError(Exception):
     """Base class: a failure with a fixed public message and a private detail."""
@@ -78,10 +73,10 @@ class ConfigError(AgentztError):
     message = "invalid configuration"
 
     def __init__(self, detail: str | None = None, *, message: str | None = None) -> None:
-        # The detail quotes keys and values from the file; escape any control character
+        # The detail quotes keys and values from the file; escape anything unprintable
         # (a newline in a key, a terminal escape) so it stays the promised one line.
-        if detail is not None:
-            detail = _CONTROL.sub(lambda m: repr(m.group())[1:-1], detail)
+        if detail is not None and not detail.isprintable():
+            detail = "".join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
         super().__init__(detail, message=message)
 
 
