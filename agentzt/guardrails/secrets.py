@@ -270,7 +270,8 @@ def _detectors() -> tuple[_Detector, ...]:
         ),
         _detector(
             "bearer-token",
-            r"bearer(?<![a-z0-9]bearer)[ \t]+(?P<secret>[a-z0-9._~+/-]{8,}+=*+)",
+            # A tab may also be the JSON escape "\\t", as in a header quoted inside JSON text.
+            r"bearer(?<![a-z0-9]bearer)(?:[ \t]|\\t)+(?P<secret>[a-z0-9._~+/-]{8,}+=*+)",
             "bearer",
             accept=_looks_like_bearer,
             folded=True,
