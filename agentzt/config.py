@@ -206,11 +206,11 @@ class LimitSettings:
     # Streams one agent may have open at once: each holds an upstream connection from a
     # pool all agents share, for as long as the agent keeps reading.
     max_concurrent_streams: int = 8
-    # The OAuth endpoints (token, revoke, introspect): per client address, counted before
-    # anything is verified, so floods and guessing are throttled too; and per agent once
-    # its assertion verified.
-    token_requests_per_minute_per_address: int = 600
-    token_requests_per_minute: int = 60
+    # The OAuth endpoints (token, revoke, introspect): failed requests per client
+    # address (past it, failures get 429), and requests per agent once its assertion
+    # verified.
+    token_failures_per_minute_per_address: int = 60
+    token_requests_per_minute: int = 120
 
 
 RISK_LEVEL_CHOICES = ("no_risk", "low_risk", "medium_risk", "high_risk")
@@ -307,11 +307,11 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
     limits = LimitSettings(
         max_body_bytes=lim.integer("max_body_bytes", 1024 * 1024, low=1024, high=64 * 1024 * 1024),
         max_concurrent_streams=lim.integer("max_concurrent_streams", 8, low=1, high=1000),
-        token_requests_per_minute_per_address=lim.integer(
-            "token_requests_per_minute_per_address", 600, low=1, high=10_000_000
+        token_failures_per_minute_per_address=lim.integer(
+            "token_failures_per_minute_per_address", 60, low=1, high=10_000_000
         ),
         token_requests_per_minute=lim.integer(
-            "token_requests_per_minute", 60, low=1, high=10_000_000
+            "token_requests_per_minute", 120, low=1, high=10_000_000
         ),
     )
     lim.finish()

@@ -86,8 +86,18 @@ class _BoundedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = 0
+        # True once a request has been read whole and until the next one begins.
+        self._between = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes between requests (uvicorn stops its keep-alive timer on any) start the
+        # next head's deadline even when the parser skips them (a bare CRLF) and never
+        # calls on_message_begin.
+        if self._between and self._head_timer is None:
+            self._arm()
+        super().data_received(data)
 
     def _arm(self) -> None:
         self._disarm()
@@ -106,6 +116,7 @@ class _BoundedHttpTools(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._between = False
         if self._head_timer is None:
             self._arm()
 
@@ -126,6 +137,10 @@ class _BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._between = True
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -112,22 +112,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-# Longer number literals are refused: no real request needs them, and a 1e999999 would
-# otherwise become float infinity and a 5,000-digit integer costs quadratic time.
-MAX_NUMBER_CHARS = 64
+# Longer non-integer literals are refused: no JSON writer produces them, and 1e999999
+# would otherwise become float infinity. Integers keep Python's own bound (4,300 digits),
+# so a large id a model put in a tool call still round-trips.
+MAX_FLOAT_CHARS = 64
 
 
 def _parse_float(text: str) -> float:
-    value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
+    value = float(text) if len(text) <= MAX_FLOAT_CHARS else math.inf
     if not math.isfinite(value):
         raise ValueError("number out of range")
     return value
-
-
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise ValueError("number out of range")
-    return int(text)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -142,7 +137,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _STRICT = json.JSONDecoder(
     parse_constant=_reject_constant,
     parse_float=_parse_float,
-    parse_int=_parse_int,
     object_pairs_hook=_unique_keys,
 )
 
@@ -181,7 +175,10 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
             # Escapes can produce lone surrogates, which no UTF-8 writer accepts.
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (UnicodeError, ValueError, RecursionError) as exc:
-        raise InvalidRequestError("body is not valid JSON") from exc
+        raise InvalidRequestError(
+            f"body is not valid JSON: {exc}"[:200],
+            message="body is not strict JSON (UTF-8, unique keys, finite numbers)",
+        ) from exc
     if not isinstance(value, dict):
         raise InvalidRequestError("body must be a JSON object")
     return value

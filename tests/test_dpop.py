@@ -113,9 +113,9 @@ def make_paths(root: Path, mode: str) -> Paths:
     gateway_toml = (REPO / "config" / "gateway.toml").read_text()
     assert REQUIRED in gateway_toml, "the packaged default is expected to be dpop = required"
     # One gateway serves the whole module, so its token requests for agent-1 exceed the
-    # packaged per-agent limit of 60 a minute; that limit has its own tests.
+    # packaged per-agent limit of 120 a minute; that limit has its own tests.
     roomy = gateway_toml.replace(
-        "token_requests_per_minute = 60", "token_requests_per_minute = 100000"
+        "token_requests_per_minute = 120", "token_requests_per_minute = 100000"
     )
     assert roomy != gateway_toml
     (config / "gateway.toml").write_text(roomy.replace(REQUIRED, f'dpop = "{mode}"'))

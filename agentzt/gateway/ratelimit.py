@@ -20,9 +20,10 @@ class SlidingWindowLimiter:
     forgetting them costs one step per key forgotten, never a scan of the table.
     """
 
-    # Beyond this many keys live at once, the least recently counted are forgotten
-    # early: memory stays bounded, and only a client spread over a million identities
-    # or addresses in one minute could gain by it.
+    # Beyond this many keys live at once, those whose window began longest ago are
+    # forgotten early: memory stays bounded, and only a client spread over a million
+    # identities in one minute could gain by it (the OAuth endpoints, which count
+    # unauthenticated addresses, have a limiter of their own).
     MAX_KEYS = 1_000_000
 
     def __init__(self, clock: Callable[[], float], *, window_seconds: float = 60.0) -> None:

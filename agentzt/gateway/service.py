@@ -122,6 +122,9 @@ class Gateway:
         )
         self.grant_uses = GrantUses(clock)
         self.limiter = SlidingWindowLimiter(clock)
+        # Its own table, so keys from unauthenticated addresses never crowd out the
+        # agents' call counts.
+        self.oauth_limiter = SlidingWindowLimiter(clock)
         self.stream_slots = StreamSlots(self.settings.limits.max_concurrent_streams)
         self.toolbox: ToolBox = default_toolbox()
         self.limits = self.settings.limits

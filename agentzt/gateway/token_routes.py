@@ -20,6 +20,7 @@ from agentzt.errors import (
     UnsupportedGrantTypeError,
 )
 from agentzt.gateway.call import Call
+from agentzt.gateway.routes import Handler
 from agentzt.gateway.service import Gateway
 from agentzt.identity import CLIENT_ASSERTION_TYPE, TASK_ID, AccessClaims
 from agentzt.wire import NO_STORE, json_response, read_body
@@ -50,21 +51,35 @@ def _task_id(value: str | None) -> str | None:
     return value
 
 
-def _throttle_address(gw: Gateway, request: Request) -> None:
-    """Count one OAuth request against the client's address, before any verification.
+def failures_limited(handler: Handler) -> Handler:
+    """Count the OAuth requests that fail (a bad assertion or credential, a malformed
+    form) against the client's address; past the limit a failure is answered 429.
 
-    IMPORTANT: the TCP peer, never a forwarded-for header a client can set."""
-    address = request.client.host if request.client is not None else "unknown"
-    gw.limiter.hit(f"oauth-address\x00{address}", gw.limits.token_requests_per_minute_per_address)
+    Only failures count, so every agent and the operator on one host (all loopback) are
+    never locked out by a flood of garbage from a neighbour: a request that verifies
+    still succeeds. IMPORTANT: the address is the TCP peer, never a forwarded-for header.
+    """
+
+    async def limited(gw: Gateway, request: Request, call: Call) -> Response:
+        try:
+            return await handler(gw, request, call)
+        except (AuthenticationError, InvalidRequestError):
+            address = request.client.host if request.client is not None else "unknown"
+            gw.oauth_limiter.hit(
+                f"failures\x00{address}", gw.limits.token_failures_per_minute_per_address
+            )
+            raise
+
+    return limited
 
 
 def _throttle_agent(gw: Gateway, agent_id: str) -> None:
-    gw.limiter.hit(f"oauth-agent\x00{agent_id}", gw.limits.token_requests_per_minute)
+    gw.oauth_limiter.hit(f"agent\x00{agent_id}", gw.limits.token_requests_per_minute)
 
 
+@failures_limited
 async def token(gw: Gateway, request: Request, call: Call) -> Response:
     """RFC 6749 client_credentials with an RFC 7523 private_key_jwt assertion."""
-    _throttle_address(gw, request)
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
     if form.get("grant_type") != "client_credentials":
         raise UnsupportedGrantTypeError("grant_type is not client_credentials")
@@ -144,10 +159,10 @@ def _claims_of(gw: Gateway, value: str | None) -> AccessClaims | None:
         return None
 
 
+@failures_limited
 async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
     """RFC 7009. The operator may revoke any token; an agent (authenticated with its
     client assertion, as at the token endpoint) only its own."""
-    _throttle_address(gw, request)
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)
     if not _operator(gw, request):
         if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
@@ -176,9 +191,9 @@ async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
     return Response(status_code=200, headers=NO_STORE)
 
 
+@failures_limited
 async def introspect(gw: Gateway, request: Request, call: Call) -> Response:
     """RFC 7662, for the operator and resource servers holding the operator credential."""
-    _throttle_address(gw, request)
     if not _operator(gw, request):
         raise AuthenticationError("introspection needs the operator credential")
     form = _form(await read_body(request, TOKEN_BODY_LIMIT), request)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from agentzt.errors import AuthenticationError, UpstreamError
+from agentzt.errors import AuthenticationError, RateLimitedError, UpstreamError
 from agentzt.identity import CLIENT_ASSERTION_TYPE, Prover, SigningKey, make_assertion, new_jti
 
 log = logging.getLogger("agentzt.proxy")
@@ -181,6 +181,7 @@ class TokenSession:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
+                retry_after = resp.headers.get("retry-after", "")
                 body = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise unreachable(exc, "token request failed", tls=self._tls) from exc
@@ -188,6 +189,15 @@ class TokenSession:
             error = body.get("error") if isinstance(body, dict) else None
             described = body.get("error_description") if isinstance(body, dict) else None
             detail = f"gateway refused the token request ({status} {error})"
+            if status == 429:
+                # Too many token requests: the agent should wait and retry (its SDK does
+                # on a 429), not treat it as a credential failure.
+                wait = int(retry_after) if retry_after.isascii() and retry_after.isdigit() else 1
+                raise RateLimitedError(
+                    detail,
+                    retry_after=max(1, min(wait, 3600)),
+                    message="token requests rate limited",
+                )
             # The gateway's description is its fixed public message: safe to pass on,
             # and the agent learns why (an ended task, say).
             if isinstance(described, str) and described.isprintable() and len(described) < 200:
