@@ -83,11 +83,12 @@ _NAME = (
 )
 # The key's closing quote (possibly JSON-escaped), the operator, the value's opening quote.
 _ASSIGN = r"(?:\\?[\"'])?[ \t]{0,8}(?::=|=>|[:=])[ \t]{0,8}(?:\\?[\"'])?"
-# A quoted value may hold spaces (passphrases); a bare one ends at space, quote or delimiter.
+# A quoted value may hold spaces (passphrases); a bare one ends at space, quote or
+# delimiter, or at a JSON escape (\\n, \\u00e9…), as in text that was JSON-encoded.
 _VALUE = (
     r"(?P<secret>(?<=\")[^\"\\\r\n]{1,200}(?=\\?\")"
     r"|(?<=')[^'\\\r\n]{1,200}(?=\\?')"
-    r"|[^\s\"'`,;&<>]++)"
+    r"|(?:[^\s\"'`,;&<>\\]|\\(?![bfnrtu\"/\\]))++)"
 )
 
 _B64URL = "A-Za-z0-9_-"
@@ -252,8 +253,10 @@ def _detectors() -> tuple[_Detector, ...]:
         # The host stays readable; the path is the credential.
         _detector(
             "slack-webhook",
-            r"hooks\.slack\.com/(?P<secret>(?:services|workflows|triggers)/[A-Za-z0-9/_+-]++)",
-            "hooks.slack.com/",
+            # Slashes may be JSON-escaped ("\\/"), as in a URL inside JSON text.
+            r"hooks\.slack\.com\\?/"
+            r"(?P<secret>(?:services|workflows|triggers)\\?/[A-Za-z0-9/_+\\-]++)",
+            "hooks.slack.com",
         ),
         _detector(
             "slack-token",
@@ -271,7 +274,8 @@ def _detectors() -> tuple[_Detector, ...]:
         _detector(
             "bearer-token",
             # A tab may also be the JSON escape "\\t", as in a header quoted inside JSON text.
-            r"bearer(?<![a-z0-9]bearer)(?:[ \t]|\\t)+(?P<secret>[a-z0-9._~+/-]{8,}+=*+)",
+            rf"bearer{_starts('a-z0-9', 'bearer')}(?:[ \t]|\\t)+"
+            r"(?P<secret>[a-z0-9._~+/-]{8,}+=*+)",
             "bearer",
             accept=_looks_like_bearer,
             folded=True,

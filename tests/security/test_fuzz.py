@@ -821,37 +821,36 @@ WORDS = st.text(string.ascii_letters + string.digits, min_size=1, max_size=6)
 LOWER_WORDS = st.text(string.ascii_lowercase, min_size=1, max_size=6)
 
 
-def left(kind_rule: str, *, escape_free: bool = False) -> st.SearchStrategy[str]:
+MARKS = [*BOUNDARY, *CONTROL]
+
+
+def left(kind_rule: str) -> st.SearchStrategy[str]:
     """What may touch a secret on its left under ``kind_rule``."""
-    marks = BOUNDARY if escape_free else BOUNDARY + CONTROL
     if kind_rule == "any":
-        return st.sampled_from(marks) | WORDS
+        return st.sampled_from(MARKS) | WORDS
     if kind_rule == "upper":
-        return st.sampled_from(marks) | LOWER_WORDS
-    return st.sampled_from(marks)
+        return st.sampled_from(MARKS) | LOWER_WORDS
+    return st.sampled_from(MARKS)
 
 
-def right(kind_rule: str, *, escape_free: bool = False) -> st.SearchStrategy[str]:
-    marks = BOUNDARY if escape_free else BOUNDARY + CONTROL
+def right(kind_rule: str) -> st.SearchStrategy[str]:
+    """What may touch a secret on its right under ``kind_rule``."""
     if kind_rule == "delimiter":
-        return st.sampled_from([d for d in DELIMITERS if not escape_free or d not in CONTROL])
+        return st.sampled_from(DELIMITERS)
     if kind_rule == "upper":
-        return st.sampled_from(marks) | LOWER_WORDS
-    return st.sampled_from(marks) | WORDS
+        return st.sampled_from(MARKS) | LOWER_WORDS
+    return st.sampled_from(MARKS) | WORDS
 
 
 PROSE = st.text(max_size=16)
 
 
 @st.composite
-def embedded(draw: st.DrawFn, *, escape_free: bool = False) -> tuple[str, Secret]:
+def embedded(draw: st.DrawFn) -> tuple[str, Secret]:
     """Prose, then a secret with neighbours its rules allow, then prose."""
     secret = draw(SECRETS)
-    if escape_free and secret.kind != "private-key":
-        # JSON escapes a tab or a newline inside the snippet too (see the xfail below).
-        assume(not any(ch in secret.snippet for ch in CONTROL))
-    before = draw(PROSE) + draw(left(secret.before, escape_free=escape_free))
-    after = draw(right(secret.after, escape_free=escape_free)) + draw(PROSE)
+    before = draw(PROSE) + draw(left(secret.before))
+    after = draw(right(secret.after)) + draw(PROSE)
     # The secret must occur only where it was put (a shrunk prose may spell it too).
     assume(not any(part in before or part in after for part in secret.secrets))
     return before + secret.snippet + after, secret
@@ -907,19 +906,64 @@ def test_no_secret_survives_in_text(case: tuple[str, Secret]) -> None:
     assert counts, "a redaction happened, so it is counted"
 
 
+def escapes_in_json(text: str, ascii_only: bool) -> bool:
+    return json.dumps(text, ensure_ascii=ascii_only)[1:-1] != text
+
+
 @settings(FUZZ, max_examples=budget(100), deadline=1000)
-@given(case=embedded(escape_free=True), ascii_only=st.just(False))
+@given(case=embedded(), ascii_only=st.booleans())
 @example(
     case=(f'{{"k": "{FAKE_OPENAI}"}}', Secret("openai-key", FAKE_OPENAI, (FAKE_OPENAI,))),
     ascii_only=False,
 )
+@example(case=(f"a\n{FAKE_OPENAI} ", Secret("openai-key", "", (FAKE_OPENAI,))), ascii_only=True)
+@example(
+    case=(f"caf\u00e9{FAKE_AWS_ID}", Secret("aws-access-key", "", (FAKE_AWS_ID,))), ascii_only=True
+)
+@example(case=(f"\t{FAKE_JWT}\n", Secret("jwt", "", (FAKE_JWT,))), ascii_only=False)
 def test_no_secret_survives_in_json_text(case: tuple[str, Secret], ascii_only: bool) -> None:
-    """A model or a tool writes JSON as text: the secret is inside a quoted string."""
+    """A model or a tool writes JSON as text: the secret is inside a quoted string, and
+    its neighbours may be escapes (\\n, \\t, \\u00e9)."""
     text, secret = case
+    if secret.after == "delimiter" or secret.kind == "bearer-token":
+        # Assigned values and bearer tokens next to an escape: see the xfail below.
+        assume(not escapes_in_json(text, ascii_only))
     out, _ = REDACTOR.redact_text(
         json.dumps({"note": text, "n": [1, text]}, ensure_ascii=ascii_only)
     )
     assert_gone(secret, out)
+
+
+# Regression: escapes in JSON text hid secrets (Bearer after \n, a bare value running
+# on through \n into the next word, a Slack webhook with escaped slashes).
+@settings(FUZZ, max_examples=budget(20), deadline=1000)
+@given(case=embedded(), ascii_only=st.booleans(), slashes=st.booleans())
+@example(
+    case=("ok\nBearer FAKEq8Zr2vW0xy ", Secret("bearer-token", "", ("FAKEq8Zr2vW0xy",))),
+    ascii_only=False,
+    slashes=False,
+)
+@example(
+    case=("password=Xk9q2LmZ7vB4\nyour account", Secret("generic-secret", "", ("Xk9q2LmZ7vB4",))),
+    ascii_only=False,
+    slashes=False,
+)
+@example(
+    case=(
+        "https://hooks.slack.com/services/T0FAKE000/B0FAKE000/abcdefghijklmnopqrstuvwx",
+        Secret("slack-webhook", "", ("abcdefghijklmnopqrstuvwx",)),
+    ),
+    ascii_only=False,
+    slashes=True,
+)
+def test_no_secret_survives_escapes_in_json_text(
+    case: tuple[str, Secret], ascii_only: bool, slashes: bool
+) -> None:
+    text, secret = case
+    written = json.dumps({"note": text}, ensure_ascii=ascii_only)
+    if slashes:  # JSON allows "\\/"; PHP's json_encode writes it by default
+        written = written.replace("/", "\\/")
+    assert_gone(secret, REDACTOR.redact_text(written)[0])
 
 
 # Regression: a secret right after a JSON escape (\n, \t, \u00e9) in JSON text was not
@@ -1005,8 +1049,28 @@ def test_assigned_secret_glued_to_a_token(secret: Secret, token: Secret) -> None
     assert_gone(secret, out)
 
 
+def cycle() -> list[object]:
+    looped: list[object] = ["password=FAKEq8#Zr2!vW"]
+    looped.append(looped)
+    return looped
+
+
+@settings(FUZZ, max_examples=budget(60), deadline=1000)
+@given(value=JSON | st.tuples(JSON, TEXT), depth=st.integers(0, 300))
+@example(value=cycle(), depth=0)
+@example(value={"password": "\ud800" * 12}, depth=0)
+@example(value={1: "x", None: ["token=FAKEq8#Zr2!vW"]}, depth=200)
+def test_redact_never_raises_and_stays_serialisable(value: object, depth: int) -> None:
+    """secrets.py: the Redactor never raises on content, and fails closed past MAX_DEPTH
+    (or on a reference cycle) with a marker, so json can always serialise the result."""
+    for _ in range(depth):
+        value = [value]
+    out, _ = REDACTOR.redact(value)
+    json.dumps(out, allow_nan=True, default=str)
+
+
 # Texts with several secrets, prose and punctuation. SEPARATORS end any token, so every
-# secret's documented boundary holds; GLUE adds the empty string and word characters.
+# secret's documented boundary holds; the stream property also glues pieces together.
 SEPARATORS = [" ", "\n", ", ", "; ", " (", ") ", '"', "'", "\r\n", " \u00e9 ", "\t", " <", "> "]
 PIECES = SECRETS.map(lambda s: s.snippet) | PROSE | st.sampled_from(
     ["password", "Bearer", "token:", "-----BEGIN", "-----END RSA PRIVATE KEY-----", "AKIA",
@@ -1073,15 +1137,24 @@ GLUED_TO_BEGIN = re.compile(r"[A-Za-z0-9_\-./+=~]-----BEGIN")
 
 
 @settings(FUZZ, max_examples=budget(120), deadline=2000)
-@given(text=texts([*SEPARATORS, "", "x", "A", "-"]), data=st.data())
-@example(text="pass" + 'word = "FAKEq8#Zr2!vW"\n', data=None)
-@example(text=f"{FAKE_AWS_ID}{FAKE_GOOGLE} ", data=None)
+@given(
+    text=texts([*SEPARATORS, "", "x", "A", "-"]),
+    secrets=st.lists(SECRETS, max_size=3),
+    data=st.data(),
+)
+@example(text="pass" + 'word = "FAKEq8#Zr2!vW"\n', secrets=[], data=None)
+@example(text=f"{FAKE_AWS_ID}{FAKE_GOOGLE} ", secrets=[], data=None)
 def test_stream_redactor_releases_what_batch_redaction_gives(
-    text: str, data: st.DataObject | None
+    text: str, secrets: list[Secret], data: st.DataObject | None
 ) -> None:
     """stream_redact.py promises: however the text is split, what a StreamRedactor
     releases (all feeds plus flush) equals Redactor.redact_text of the whole text, as long
-    as no hold grows past MAX_HOLD (these texts stay far below it)."""
+    as no hold grows past MAX_HOLD (these texts stay far below it). So no secret the
+    batch removes ever leaves early, whole or in part."""
+    assume(not any(part in text for secret in secrets for part in secret.secrets))
+    for secret in secrets:  # spliced in with boundaries, as in the idempotence property
+        sep = data.draw(st.sampled_from(SEPARATORS)) if data is not None else " "
+        text += sep + secret.snippet + sep
     assume(not GLUED_TO_BEGIN.search(text))  # a known bug, split out below
     if data is None:
         cuts = list(range(len(text) + 1))
@@ -1094,6 +1167,47 @@ def test_stream_redactor_releases_what_batch_redaction_gives(
     assert released == expected
     assert stream.counts == counts
     assert stream.waiting == 0
+    for secret in secrets:
+        assert_gone(secret, released)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: StreamRedactor releases a bearer token or an assigned secret glued to a "
+    "'-----BEGIN' line in clear, where batch redaction removes it: the hold moves back to "
+    "the token run before BEGIN after its key was already released, so the value is "
+    "later redacted alone and not recognised",
+)
+@settings(FUZZ, max_examples=budget(20), deadline=1000)
+@given(
+    secret=BEARER | AWS_SECRET,
+    tail=st.sampled_from(["-----BEGIN PRIVATE KEY-----\nFAKE\n", "-----BEGIN "]),
+    cut=st.integers(0, 200),
+)
+@example(
+    secret=Secret(
+        "bearer-token", "Authorization: Bearer abcdefghijklmnop0", ("abcdefghijklmnop0",)
+    ),
+    tail="-----BEGIN PRIVATE KEY-----\n0000000000000000 ",
+    cut=0,
+)
+@example(
+    secret=Secret(
+        "aws-secret-key",
+        "aws_secret_access_key = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",
+        ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",),
+    ),
+    tail="-----BEGIN ",
+    cut=0,
+)
+def test_stream_redactor_with_a_secret_glued_to_a_pem_begin(
+    secret: Secret, tail: str, cut: int
+) -> None:
+    text = secret.snippet + tail
+    stream = StreamRedactor(REDACTOR)
+    released = stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.flush()
+    assert released == REDACTOR.redact_text(text)[0]
+    assert_gone(secret, released)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1257,42 +1371,3 @@ def test_jwk_thumbprint_returns_a_thumbprint_or_invalid_dpop_proof(jwk: object) 
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", thumbprint)
     if isinstance(jwk, dict) and jwk.get("x") == KEY.public.b64url:
         assert thumbprint == KEY.public.kid
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StreamRedactor releases a bearer token or an assigned secret glued to a "
-    "'-----BEGIN' line in clear, where batch redaction removes it: the hold moves back to "
-    "the token run before BEGIN after its key was already released, so the value is "
-    "later redacted alone and not recognised",
-)
-@settings(FUZZ, max_examples=budget(20), deadline=1000)
-@given(
-    secret=BEARER | AWS_SECRET,
-    tail=st.sampled_from(["-----BEGIN PRIVATE KEY-----\nFAKE\n", "-----BEGIN "]),
-    cut=st.integers(0, 200),
-)
-@example(
-    secret=Secret(
-        "bearer-token", "Authorization: Bearer abcdefghijklmnop0", ("abcdefghijklmnop0",)
-    ),
-    tail="-----BEGIN PRIVATE KEY-----\n0000000000000000 ",
-    cut=0,
-)
-@example(
-    secret=Secret(
-        "aws-secret-key",
-        "aws_secret_access_key = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",
-        ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",),
-    ),
-    tail="-----BEGIN ",
-    cut=0,
-)
-def test_stream_redactor_with_a_secret_glued_to_a_pem_begin(
-    secret: Secret, tail: str, cut: int
-) -> None:
-    text = secret.snippet + tail
-    stream = StreamRedactor(REDACTOR)
-    released = stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.flush()
-    assert released == REDACTOR.redact_text(text)[0]
-    assert_gone(secret, released)
