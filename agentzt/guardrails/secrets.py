@@ -94,8 +94,14 @@ _VALUE = (
 _B64URL = "A-Za-z0-9_-"
 # How many rejected candidates one pass looks inside (see _Detector.run).
 _MAX_RETRIES = 32
+# Rounds of all passes over one text; each round after the first runs only if the one
+# before redacted something.
+_MAX_ROUNDS = 4
 # A "value" that is itself a secret-named key and its operator is the next assignment.
 _KEY_AND_OPERATOR = re.compile(r"[a-z0-9_.-]*?" + _NAME + r"[\"']?[ \t]*(?::=|=>|[:=])", re.ASCII)
+
+
+_MARKER = "[REDACTED:"
 
 
 def shannon_entropy(value: str) -> float:
@@ -106,7 +112,9 @@ def shannon_entropy(value: str) -> float:
 
 def looks_like_secret(value: str) -> bool:
     """The ``generic-secret`` rule: long enough, not a placeholder, and high entropy."""
-    value = value.strip()
+    # A value another pass already redacted part of is judged by what is left before
+    # the marker, so a password glued to a token is not taken for a placeholder.
+    value = value.split(_MARKER, 1)[0].strip()
     if _KEY_AND_OPERATOR.match(value.lower()):
         return False
     n = len(value)
@@ -371,15 +379,22 @@ class Redactor:
         assignment = "=" in folded or ":" in folded
         found: Counter[str] = Counter()
         out = text
-        for detector in self._detectors:
-            if detector.assignment and not assignment:
-                continue
-            if detector.needles and not any(map(contains, detector.needles)):
-                continue
-            redacted = detector.run(out, folded, found)
-            if redacted is not out:
-                out, folded = redacted, _fold(redacted)
-                contains = folded.__contains__
+        # IMPORTANT: a redaction can expose a neighbour that an earlier pass skipped for
+        # its look-around (two keys glued together), so the passes repeat until one finds
+        # nothing: the result is then stable, and redacting it again changes nothing.
+        for _ in range(_MAX_ROUNDS):
+            before = sum(found.values())
+            for detector in self._detectors:
+                if detector.assignment and not assignment:
+                    continue
+                if detector.needles and not any(map(contains, detector.needles)):
+                    continue
+                redacted = detector.run(out, folded, found)
+                if redacted is not out:
+                    out, folded = redacted, _fold(redacted)
+                    contains = folded.__contains__
+            if sum(found.values()) == before:
+                break
         if not found:
             return text
         counts.update(found)

@@ -1031,12 +1031,8 @@ FAKE_PASSWORD = "FAKEq8#Zr2!vW"
 FAKE_GITHUB = "ghp_FAKE" + "0123456789" * 3 + "abcdef"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bare assigned secret glued to a token an earlier pass redacts (an "
-    "Anthropic or GitHub key, a Google key, a PEM block) survives: its value then holds "
-    "the '[REDACTED:' marker, and looks_like_secret takes it for a placeholder",
-)
+# Regression: a password glued to a token another pass redacts survived: its value
+# held the '[REDACTED:' marker and was taken for a placeholder.
 @settings(FUZZ, max_examples=budget(20), deadline=1000)
 @given(secret=BARE_GENERIC, token=ANTHROPIC | GITHUB | GOOGLE | private_keys())
 @example(
@@ -1106,13 +1102,8 @@ def test_redaction_is_idempotent_and_removes_every_secret(
         assert_gone(secret, once)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: redaction is not idempotent when a fixed-length key (AWS key id, Google "
-    "API key) is glued to a token an earlier pass skipped for its look-around: "
-    "redacting the key leaves a ']' next to the other token, which a second pass then "
-    "redacts (and the AWS key id before a Google key survives the first pass)",
-)
+# Regression: a key glued to a token an earlier pass skipped was redacted only on a
+# second pass, so redaction was not idempotent (passes now repeat until stable).
 @settings(FUZZ, max_examples=budget(20), deadline=1000)
 @given(first=AWS_KEY_ID | GOOGLE, second=AWS_KEY_ID | GOOGLE | OPENAI | STRIPE)
 @example(
