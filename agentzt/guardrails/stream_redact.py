@@ -71,8 +71,15 @@ def hold_from(text: str, redactor: Redactor) -> int:
         if match is not None:
             # Never cut inside a word: "…VCPWD" is the end of a key, not a name "pwd".
             cut = min(cut, _start_of(_WORD_PREFIX, text, match.start()))
-    cut = _outside_candidates(text, cut, line, redactor)
-    return _outside_private_keys(text, cut)
+    # IMPORTANT: each rule only moves the cut back, and one move can land inside what
+    # the other rule protects (a private-key BEGIN glued to a bearer token), so both
+    # apply again until the cut stays put.
+    while True:
+        moved = _outside_private_keys(text, _outside_candidates(text, cut, line, redactor))
+        if moved == cut:
+            return cut
+        cut = moved
+        line = text.rfind("\n", 0, cut) + 1
 
 
 def _outside_candidates(text: str, cut: int, line: int, redactor: Redactor) -> int:
