@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import calendar
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,3 +153,15 @@ def stack(gateway_stack: Stack) -> Iterator[Stack]:
         yield gateway_stack
     finally:
         server.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The agentzt processes a test starts (see tests/gateway_process.py); whatever
+    still runs at the end is killed, by pid."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, Clock, Stack, enroll_agent
+from gateway_process import child_env, start_gateway
 
 import agentzt.identity.replay as replay_module
 from agentzt.audit import read_events
@@ -49,7 +50,6 @@ AGENT = "agent-1"
 ROLE = "demo-agent"
 REQUEST_ID = "x-agentzt-request-id"
 STATE_DOWN = "token state unavailable; request refused"
-READY = re.compile(r"agentzt gateway on (http://127\.0\.0\.1:(\d+)) ")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -148,10 +148,6 @@ class Agent:
 # --- kill -9: a gateway in its own process, stopped hard, started again ------------------
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
-
-
 def cli(paths: Paths, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
@@ -163,7 +159,7 @@ def cli(paths: Paths, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         cwd=paths.config_dir.parent,
-        env=_env(),
+        env=child_env(),
         check=False,
     )  # fmt: skip
 
@@ -185,51 +181,6 @@ def packaged(tmp_path: Path) -> Paths:
     paths = Paths(config_dir=config, home=tmp_path / "home")
     enroll_agent(paths, AGENT, ROLE)
     return paths
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The gateway processes a test starts; whatever still runs is killed, by pid."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def start_gateway(
-    paths: Paths, started: list[subprocess.Popen[bytes]], log: Path, port: int = 0
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``agentzt gateway --port PORT`` (0: any free loopback port); returns it and its URL
-    once it answers /healthz."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "agentzt",
-                "--config", str(paths.config_dir), "--home", str(paths.home),
-                "gateway", "--port", str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=paths.config_dir.parent,
-            env=_env(),
-        )  # fmt: skip
-    started.append(proc)
-    deadline = time.monotonic() + 30
-    url = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        if url is None:
-            found = READY.search(log.read_text(errors="replace"))
-            url = found.group(1) if found else None
-        if url is not None:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.TransportError:
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"the gateway never became ready:\n{log.read_text(errors='replace')}")
 
 
 @pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])

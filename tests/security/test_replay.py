@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, enroll_agent
+from gateway_process import start_gateway
 
 from agentzt.audit import read_events
 from agentzt.config import Paths
@@ -56,7 +55,6 @@ MESSAGE_BODY = {
     "max_tokens": 16,
     "messages": [{"role": "user", "content": "hello"}],
 }
-READY = re.compile(r"agentzt gateway on (http://127\.0\.0\.1:(\d+)) ")
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -512,55 +510,6 @@ def test_a_spent_dpop_proof_is_refused_at_the_token_endpoint_and_on_calls(
 
 
 # --- replay across a restart of a real `agentzt gateway` process -------------------------
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The gateway processes a test starts; whatever still runs is killed, by pid."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def start_gateway(
-    paths: Paths, started: list[subprocess.Popen[bytes]], log: Path, port: int = 0
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``agentzt gateway --port PORT`` (0: any free loopback port); it and its URL once
-    it answers /healthz."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "agentzt",
-                "--config", str(paths.config_dir), "--home", str(paths.home),
-                "gateway", "--port", str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=paths.config_dir.parent,
-            env=_env(),
-        )  # fmt: skip
-    started.append(proc)
-    deadline = time.monotonic() + 30
-    url = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        if url is None:
-            found = READY.search(log.read_text(errors="replace"))
-            url = found.group(1) if found else None
-        if url is not None:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.TransportError:
-                pass
-        time.sleep(0.02)
-    raise AssertionError(f"the gateway never became ready:\n{log.read_text(errors='replace')}")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

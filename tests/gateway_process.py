@@ -1,0 +1,55 @@
+"""``agentzt gateway`` as a real child process, for the tests that kill and restart it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from agentzt.config import Paths
+
+READY = re.compile(r"agentzt gateway on (http://127\.0\.0\.1:(\d+)) ")
+
+
+def child_env() -> dict[str, str]:
+    """The environment without AGENTZT_* settings, so only the flags given count."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
+
+
+def start_gateway(
+    paths: Paths, started: list[subprocess.Popen[bytes]], log: Path, port: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``agentzt gateway --port PORT`` (0: any free loopback port); returns it and its URL
+    once it answers /healthz."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "agentzt",
+                "--config", str(paths.config_dir), "--home", str(paths.home),
+                "gateway", "--port", str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=paths.config_dir.parent,
+            env=child_env(),
+        )  # fmt: skip
+    started.append(proc)
+    deadline = time.monotonic() + 30
+    url = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if url is None:
+            found = READY.search(log.read_text(errors="replace"))
+            url = found.group(1) if found else None
+        if url is not None:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+        time.sleep(0.02)
+    raise AssertionError(f"the gateway never became ready:\n{log.read_text(errors='replace')}")
