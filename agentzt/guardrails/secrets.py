@@ -84,11 +84,12 @@ _NAME = (
 # The key's closing quote (possibly JSON-escaped), the operator, the value's opening quote.
 _ASSIGN = r"(?:\\?[\"'])?[ \t]{0,8}(?::=|=>|[:=])[ \t]{0,8}(?:\\?[\"'])?"
 # A quoted value may hold spaces (passphrases); a bare one ends at space, quote or
-# delimiter, or at a JSON escape (\\n, \\u00e9…), as in text that was JSON-encoded.
+# delimiter, or at a JSON escape (\\n, \\u00e9…, but not an escaped slash, which may be
+# part of the value), as in text that was JSON-encoded.
 _VALUE = (
     r"(?P<secret>(?<=\")[^\"\\\r\n]{1,200}(?=\\?\")"
     r"|(?<=')[^'\\\r\n]{1,200}(?=\\?')"
-    r"|(?:[^\s\"'`,;&<>\\]|\\(?![bfnrtu\"/\\]))++)"
+    r"|(?:[^\s\"'`,;&<>\\]|\\/|\\(?![bfnrtu\"/\\]))++)"
 )
 
 _B64URL = "A-Za-z0-9_-"
@@ -248,7 +249,8 @@ def _detectors() -> tuple[_Detector, ...]:
         _detector(
             "aws-secret-key",
             rf"(?:aws[_-]?)?secret[_-]?access[_-]?key{_ASSIGN}"
-            r"(?P<secret>[a-z0-9/+]{40})(?![a-z0-9/+=])",
+            # A "/" may be JSON-escaped ("\\/"), as in the key written inside JSON text.
+            r"(?P<secret>(?:[a-z0-9+]|\\?/){40})(?![a-z0-9/+=])",
             "secret",
             assignment=True,
             accept=looks_like_secret,

@@ -948,6 +948,19 @@ def test_no_secret_survives_in_json_text(case: tuple[str, Secret], ascii_only: b
     ascii_only=False,
     slashes=True,
 )
+@example(
+    case=(
+        " aws_secret_access_key = /abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM ",
+        Secret("aws-secret-key", "", ("/abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM",)),
+    ),
+    ascii_only=False,
+    slashes=True,
+)
+@example(
+    case=("password=Xk9/q2LmZ7vB4 x", Secret("generic-secret", "", ("Xk9/q2LmZ7vB4",))),
+    ascii_only=False,
+    slashes=True,
+)
 def test_no_secret_survives_escapes_in_json_text(
     case: tuple[str, Secret], ascii_only: bool, slashes: bool
 ) -> None:
