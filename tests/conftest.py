@@ -82,6 +82,22 @@ def allow_bearer(gateway_toml: str) -> str:
     return gateway_toml + '\n[tokens]\ndpop = "optional"\n'
 
 
+def roomy_config(root: Path, policy_extra: str = "") -> Paths:
+    """Config under ``root`` for a gateway a whole module shares: the shipped files, with
+    bearer tokens allowed and the shipped roles' rate limit raised, so the module's many
+    calls never trip it (the limits have their own tests)."""
+    config = root / "config"
+    config.mkdir()
+    (config / "gateway.toml").write_text(
+        allow_bearer((REPO / "config" / "gateway.toml").read_text())
+    )
+    policy = (REPO / "config" / "policy.toml").read_text()
+    raised = policy.replace("requests_per_minute = 120", "requests_per_minute = 100000")
+    assert raised != policy
+    (config / "policy.toml").write_text(raised + policy_extra)
+    return Paths(config_dir=config, home=root / "home")
+
+
 def in_ledger(gateway: Gateway, token: str) -> str:
     """Record a token a test minted itself in the gateway's issuance ledger, as the token
     endpoint records what it issues (the gateway refuses any token the ledger lacks)."""

@@ -15,16 +15,14 @@ window every request falls.
 from __future__ import annotations
 
 import re
-import ssl
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from burst import all_at_once
 from conftest import REPO, TEST_ROLES, Clock, allow_bearer, at, enroll_agent
 
 from agentzt.audit import read_events
@@ -201,24 +199,6 @@ def assert_rate_limited(gw: Gw, resp: httpx.Response, request_id: str, agent_id:
     retry_after(resp)
     seen = gw.event(request_id)
     assert (seen["decision"], seen["status"], seen["agent_id"]) == ("deny", 429, agent_id)
-
-
-def all_at_once(url: str, requests: list[dict[str, Any]]) -> list[httpx.Response]:
-    """Send ``requests`` (``httpx`` request arguments) from one thread each, each on its
-    own open connection, all released together by a barrier."""
-    barrier = threading.Barrier(len(requests))
-    # One (unused, plain HTTP) TLS context for all: building one per client costs ~30 ms.
-    tls = ssl.create_default_context()
-
-    def one(arguments: dict[str, Any]) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=30, verify=tls) as client:
-            # Connect first, so the barrier releases requests, not TCP handshakes.
-            assert client.get("/healthz").status_code == 200
-            barrier.wait(timeout=30)
-            return client.request(**arguments)
-
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        return list(pool.map(one, requests))
 
 
 # --- keyed on the authenticated identity -------------------------------------------------

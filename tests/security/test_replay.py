@@ -16,18 +16,16 @@ import base64
 import json
 import re
 import signal
-import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from burst import all_at_once
 from conftest import REPO, enroll_agent
 from gateway_process import start_gateway
 
@@ -176,24 +174,6 @@ def jti_of(token: str) -> str:
     payload = token.split(".")[1]
     jti: str = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
     return jti
-
-
-def all_at_once(url: str, requests: list[dict[str, Any]]) -> list[httpx.Response]:
-    """Send ``requests`` (``httpx`` request arguments) from one thread each, each on its
-    own open connection, all released together by a barrier."""
-    barrier = threading.Barrier(len(requests))
-    # One (unused, plain HTTP) TLS context for all: building one per client costs ~30 ms.
-    tls = ssl.create_default_context()
-
-    def one(arguments: dict[str, Any]) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=30, verify=tls) as client:
-            # Connect first, so the barrier releases requests, not TCP handshakes.
-            assert client.get("/healthz").status_code == 200
-            barrier.wait(timeout=30)
-            return client.request(**arguments)
-
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        return list(pool.map(one, requests))
 
 
 # --- an in-process gateway with the packaged configuration ----------------------------

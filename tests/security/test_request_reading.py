@@ -32,10 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO, Stack, allow_bearer, enroll_agent
+from conftest import Stack, enroll_agent, roomy_config
 
 from agentzt.audit import read_events, verify_chain
-from agentzt.config import Paths
 from agentzt.gateway import Gateway, create_app
 from agentzt.identity import CLIENT_ASSERTION_TYPE, SigningKey, make_assertion
 from agentzt.proxy import create_proxy_app
@@ -112,16 +111,7 @@ def issue_token(gateway: Gateway, url: str, key: SigningKey, agent_id: str) -> s
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     root = tmp_path_factory.mktemp("reading")
-    config = root / "config"
-    config.mkdir()
-    (config / "gateway.toml").write_text(
-        allow_bearer((REPO / "config" / "gateway.toml").read_text())
-    )
-    policy = (REPO / "config" / "policy.toml").read_text()
-    raised = policy.replace("requests_per_minute = 120", "requests_per_minute = 100000")
-    assert raised != policy
-    (config / "policy.toml").write_text(raised)
-    paths = Paths(config_dir=config, home=root / "home")
+    paths = roomy_config(root)
     key = enroll_agent(paths, "agent-1", "demo-agent")
     gateway_sock = bind("127.0.0.1", 0)
     gateway = Gateway(paths, public_url=url_of(gateway_sock))
