@@ -53,3 +53,12 @@ def start_gateway(
                 pass
         time.sleep(0.02)
     raise AssertionError(f"the gateway never became ready:\n{log.read_text(errors='replace')}")
+
+
+def pin_issuer(paths: Paths, url: str) -> None:
+    """Set ``[gateway] issuer`` to ``url``, so a gateway restarted on any free port is
+    the same issuer: tokens, assertions and proofs made for the first run stay its own.
+    (Restarting on the same port races other processes for it.)"""
+    settings = paths.gateway_toml.read_text()
+    assert "[gateway]\n" in settings and "\nissuer =" not in settings
+    paths.gateway_toml.write_text(settings.replace("[gateway]\n", f'[gateway]\nissuer = "{url}"\n'))

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, Clock, Stack, enroll_agent
-from gateway_process import child_env, start_gateway
+from gateway_process import child_env, pin_issuer, start_gateway
 
 import agentzt.identity.replay as replay_module
 from agentzt.audit import read_events
@@ -189,7 +189,6 @@ def test_restart_keeps_replays_refused_revocations_and_issued_tokens(
 ) -> None:
     paths = packaged
     proc, url = start_gateway(paths, procs, tmp_path / "gw1.stderr")
-    port = int(url.rsplit(":", 1)[1])
     agent = Agent(read_private_key(paths.identity_key(AGENT)), url)
 
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -223,10 +222,10 @@ def test_restart_keeps_replays_refused_revocations_and_issued_tokens(
         assert proc.wait(timeout=15) == -signal.SIGTERM
         assert "Traceback" not in (tmp_path / "gw1.stderr").read_text()
 
-    # Same port, so the same issuer: the tokens of the first run are this gateway's.
-    _, url_again = start_gateway(paths, procs, tmp_path / "gw2.stderr", port)
-    assert url_again == url
-    with httpx.Client(base_url=url, timeout=10) as client:
+    # Same home and the first run's URL as issuer: its tokens are this gateway's.
+    pin_issuer(paths, url)
+    _, url_again = start_gateway(paths, procs, tmp_path / "gw2.stderr")
+    with httpx.Client(base_url=url_again, timeout=10) as client:
         # The client assertion used before the crash: refused, with a fresh proof.
         replayed = agent.ask_token(client, assertion_1, request_id="req-replay-assertion")
         assert replayed.status_code == 401, replayed.text

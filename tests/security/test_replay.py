@@ -27,7 +27,7 @@ import httpx
 import pytest
 from burst import all_at_once
 from conftest import REPO, enroll_agent
-from gateway_process import start_gateway
+from gateway_process import pin_issuer, start_gateway
 
 from agentzt.audit import read_events
 from agentzt.config import Paths
@@ -498,7 +498,6 @@ def test_credentials_used_before_a_restart_stay_used_after_it(
 ) -> None:
     paths = packaged_paths(tmp_path)
     proc, url = start_gateway(paths, procs, tmp_path / "gw1.stderr")
-    port = int(url.rsplit(":", 1)[1])
     agent = Agent(read_private_key(paths.identity_key(AGENT)), url)
 
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -515,10 +514,10 @@ def test_credentials_used_before_a_restart_stay_used_after_it(
     if stop == signal.SIGTERM:
         assert "Traceback" not in (tmp_path / "gw1.stderr").read_text()
 
-    # Same home, same port, so the same issuer: the first run's token is this gateway's.
-    _, url_again = start_gateway(paths, procs, tmp_path / "gw2.stderr", port)
-    assert url_again == url
-    with httpx.Client(base_url=url, timeout=10) as client:
+    # Same home and the first run's URL as issuer: its tokens are this gateway's.
+    pin_issuer(paths, url)
+    _, url_again = start_gateway(paths, procs, tmp_path / "gw2.stderr")
+    with httpx.Client(base_url=url_again, timeout=10) as client:
         replayed = agent.ask_token(client, assertion, request_id="req-replay-assertion")
         assert replayed.status_code == 401, replayed.text
         assert replayed.json()["error"] == "invalid_client"
