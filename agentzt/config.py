@@ -161,6 +161,21 @@ class Paths:
         return self.home / "audit" / "gateway-audit.jsonl"
 
     @property
+    def checkpoint_key(self) -> Path:
+        return self.home / "gateway" / "checkpoint.key"
+
+    @property
+    def audit_hmac_key(self) -> Path:
+        return self.home / "gateway" / "audit-hmac.key"
+
+    def witness_dir(self, setting: str) -> Path | None:
+        """The ``[audit] witness_dir`` setting as a path: relative ones are under the home."""
+        if not setting:
+            return None
+        path = Path(setting).expanduser()
+        return path if path.is_absolute() else self.home / path
+
+    @property
     def tls_dir(self) -> Path:
         return self.home / "tls"
 
@@ -267,6 +282,26 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]``: how durably events are written and how the log is sealed."""
+
+    # always: an event is on stable storage before its request goes on; batch: it is in
+    # the kernel before its request goes on, on stable storage within fsync_interval_ms;
+    # never: the kernel writes it back when it chooses.
+    fsync: str = "batch"
+    fsync_interval_ms: int = 20
+    # A signed checkpoint after this many events or seconds (if any were added), and at
+    # shutdown.
+    checkpoint_every_events: int = 1000
+    checkpoint_every_seconds: float = 10.0
+    # A second place each checkpoint is written to; relative paths are under the home.
+    # Empty: none. Put it where the gateway's user cannot rewrite history.
+    witness_dir: str = "witness"
+    # The active file is closed and a new one started past this size.
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """``gateway.toml``. ``issuer`` None means "the URL the gateway is served at"."""
 
@@ -276,6 +311,7 @@ class GatewaySettings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def load_gateway_settings(path: Path) -> GatewaySettings:
@@ -319,6 +355,7 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
     tls_t = root.table("tls")
     tls = TlsSettings(mode=tls_t.string("mode", "off", choices=("off", "mtls")))
     tls_t.finish()
+    audit = _audit_settings(root.table("audit"))
     root.finish()
     return GatewaySettings(
         issuer=issuer,
@@ -327,7 +364,21 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
         limits=limits,
         guardrails=guardrails,
         tls=tls,
+        audit=audit,
     )
+
+
+def _audit_settings(t: Table) -> AuditSettings:
+    audit = AuditSettings(
+        fsync=t.string("fsync", "batch", choices=("always", "batch", "never")),
+        fsync_interval_ms=t.integer("fsync_interval_ms", 20, low=1, high=10_000),
+        checkpoint_every_events=t.integer("checkpoint_every_events", 1000, low=1, high=100_000_000),
+        checkpoint_every_seconds=t.number("checkpoint_every_seconds", 10.0, low=0.1, high=86_400),
+        witness_dir=t.string("witness_dir", "witness"),
+        max_file_bytes=t.integer("max_file_bytes", 64 * 1024 * 1024, low=4096, high=1 << 40),
+    )
+    t.finish()
+    return audit
 
 
 def _env_name(t: Table, key: str, default: str) -> str:

@@ -57,6 +57,10 @@ def request_id_of(headers: Headers) -> str:
     given = headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 

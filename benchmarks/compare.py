@@ -8,6 +8,8 @@ through the bare pass-through chain with each HTTP client, same load, same machi
 ``agentzt-noguard`` is the same chain with the input and output guardrails switched off,
 so the difference between the two is what the guardrails cost a call; ``agentzt-mtls``
 is the full chain with the proxy↔gateway link over mutual TLS and certificate-bound tokens;
+``agentzt-fsync-always`` / ``-batch`` / ``-never`` is the full chain with that
+``[audit] fsync`` mode, so the differences are what each durability level costs a call.
 ``agentzt-nodpop`` is the full chain with ``dpop = "off"`` (bearer tokens), so the
 difference is what a DPoP proof (made by the proxy, checked by the gateway) costs a call.
 
@@ -84,7 +86,7 @@ def load(url: str, seconds: float, connections: int) -> dict[str, float]:
         [
             sys.executable,
             "-m",
-            "benchmarks.loadgen",
+            "agentzt.bench.loadgen",
             url,
             "--seconds",
             str(seconds),
@@ -104,7 +106,7 @@ def load(url: str, seconds: float, connections: int) -> dict[str, float]:
 
 def bare(client: str, seconds: float, connections: int) -> dict[str, float]:
     up, px = free_port(), free_port()
-    py = [sys.executable, "-m", "benchmarks.bare"]
+    py = [sys.executable, "-m", "agentzt.bench.bare"]
     with processes(
         [*py, "upstream", "--port", str(up)],
         [
@@ -208,6 +210,10 @@ def main() -> None:
         elif name == "agentzt-nodpop":
             label = "agentzt, dpop off (bearer tokens)"
             result = agentzt(args.seconds, args.connections, NO_DPOP)
+        elif name.startswith("agentzt-fsync-"):
+            mode = name.removeprefix("agentzt-fsync-")
+            label = f"agentzt, audit fsync = {mode}"
+            result = agentzt(args.seconds, args.connections, f'[audit]\nfsync = "{mode}"\n')
         elif name == "agentzt-noguard":
             label, result = (
                 "agentzt, guardrails off",

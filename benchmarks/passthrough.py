@@ -3,7 +3,7 @@ and req/s of non-streamed calls in passthrough mode against calling the upstream
 
     python -m benchmarks.passthrough [--calls 300] [--seconds 10] [--connections 8]
 
-The upstream is ``benchmarks.bare upstream`` (a fixed answer, streamed as SSE when asked),
+The upstream is ``agentzt.bench.bare upstream`` (a fixed answer, streamed as SSE when asked),
 in its own process; agentzt runs as separate gateway and proxy processes.
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     rows: dict[str, dict[str, float]] = {}
-    with processes([sys.executable, "-m", "benchmarks.bare", "upstream", "--port", str(port)]):
+    with processes([sys.executable, "-m", "agentzt.bench.bare", "upstream", "--port", str(port)]):
         wait_ready(f"{upstream}/")
         rows["TTFT, upstream directly"] = ttft(upstream, args.calls)
         with agentzt_chain(PASSTHROUGH.format(url=upstream)) as proxy:

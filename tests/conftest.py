@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -116,6 +117,44 @@ def in_ledger(gateway: Gateway, token: str) -> str:
         expires_at=claims["exp"],
     )
     return token
+
+
+# Routes that act (call the upstream, run a tool, issue, grant, revoke, end a task): the
+# gateway audits each allowed one before acting, as the action + ".authorized".
+ACTING_ACTIONS = frozenset(
+    {
+        "model.call",
+        "model.count_tokens",
+        "tool.call",
+        "token.issue",
+        "token.revoke",
+        "elevation.grant",
+        "task.end",
+    }
+)
+
+
+def outcome_event(
+    events: list[dict[str, Any]], *, refused_after_deciding: bool = False
+) -> dict[str, Any]:
+    """The outcome event among one request's audit events (in log order), after checking
+    what comes before it. An allowed action that acts is preceded by exactly its decision
+    event (allow, status 0). A refusal stands alone, unless the caller says the action
+    was refused only after its decision was written (the ledger then refused the token,
+    say): then exactly one decision event precedes it."""
+    assert events, "the request left no audit event"
+    *before, outcome = events
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events), events
+    shape = [(e["action"], e["decision"], e["status"]) for e in before]
+    if outcome["decision"] == "allow" and outcome["action"] in ACTING_ACTIONS:
+        assert shape == [(f"{outcome['action']}.authorized", "allow", 0)], events
+    elif refused_after_deciding:
+        assert outcome["decision"] == "deny", events
+        [(action, decision, status)] = shape
+        assert action.endswith(".authorized") and (decision, status) == ("allow", 0), events
+    else:
+        assert shape == [], events
+    return outcome
 
 
 def enroll_agent(paths: Paths, agent_id: str, role: str) -> SigningKey:

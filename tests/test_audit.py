@@ -114,9 +114,16 @@ def test_public_api() -> None:
         [
             "GENESIS_HASH",
             "AuditLog",
+            "AuditWriter",
             "ChainReport",
+            "Checkpoint",
+            "Correlator",
+            "Draft",
+            "Seal",
             "canonical_json",
             "chain_hash",
+            "checkpoint_files",
+            "read_checkpoint",
             "read_events",
             "verify_chain",
         ]
@@ -323,7 +330,6 @@ def test_startup_finds_a_last_line_longer_than_one_read_chunk(log_path: Path) ->
 @pytest.mark.parametrize(
     ("last_line", "why"),
     [
-        (b'{"seq":3,"hash":"' + b"a" * 64 + b'"}', "no trailing newline"),
         (b"not json\n", "not valid JSON"),
         (b"[1,2,3]\n", "not a JSON object"),
         (b'{"hash":"' + b"a" * 64 + b'"}\n', "'seq'"),
@@ -334,7 +340,6 @@ def test_startup_finds_a_last_line_longer_than_one_read_chunk(log_path: Path) ->
         (b"\n", "not valid JSON"),
     ],
     ids=[
-        "no-newline",
         "not-json",
         "array",
         "no-seq",
@@ -356,6 +361,44 @@ def test_damaged_last_line_refuses_to_open(log_path: Path, last_line: bytes, why
     lines = log_path.read_bytes().splitlines(keepends=True)
     log_path.write_bytes(b"".join(lines[:2]))
     AuditLog(log_path).close()
+
+
+def test_torn_last_line_is_quarantined_and_recorded(log_path: Path) -> None:
+    # A final line with no newline is what a crash mid-write leaves: it is moved to a
+    # side file (kept for an investigator), and the log goes on with a record of the move.
+    written = write_log(log_path, 2)
+    good = log_path.read_bytes()
+    fragment = b'{"seq":3,"hash":"' + b"a" * 64 + b'"}'
+    with log_path.open("ab") as stream:
+        stream.write(fragment)
+    with AuditLog(log_path, clock=TickingClock(T0 + 100)) as log:
+        assert log.seq == 3
+        after = append(log, request_id="req-after")
+    [side] = log_path.parent.glob(f"{log_path.name}.torn-*")
+    assert side.read_bytes() == fragment
+    assert stat.S_IMODE(side.stat().st_mode) == 0o600
+    events = read_events(log_path)
+    assert events[:2] == written
+    assert [(e["seq"], e["action"]) for e in events[2:]] == [
+        (3, "audit.recovered"),
+        (4, "model.call"),
+    ]
+    recovered = events[2]
+    assert recovered["meta"] == {
+        "quarantined_file": side.name,
+        "quarantined_bytes": len(fragment),
+        "quarantined_sha256": hashlib.sha256(fragment).hexdigest(),
+        "offset": len(good),
+    }
+    assert events[3] == after
+    # The fragment is gone from the log itself, which holds only whole, chained lines.
+    assert fragment not in log_path.read_bytes()
+    assert log_path.read_bytes().startswith(good)
+    assert verify_chain(log_path).events == 4
+    # The next start-up finds nothing torn: no second side file, no second record.
+    with AuditLog(log_path) as log:
+        assert log.seq == 4
+    assert len(list(log_path.parent.glob(f"{log_path.name}.torn-*"))) == 1
 
 
 def test_second_writer_on_the_same_log_is_refused(log_path: Path) -> None:
@@ -432,28 +475,32 @@ def test_failed_write_leaves_state_unchanged(
     assert verify_chain(log_path).events == 4
 
 
-def test_short_write_stops_the_log(
+def test_short_write_is_cut_back_and_the_log_resumes(
     log_path: Path, file_size_limit: Callable[[int | None], None]
 ) -> None:
     write_log(log_path, 3)
-    size = log_path.stat().st_size
+    before = log_path.read_bytes()
     with AuditLog(log_path) as log:
-        file_size_limit(size + 20)
+        head = log.head_hash
+        # Room for 20 bytes: the kernel takes the start of the line, then refuses the rest.
+        file_size_limit(len(before) + 20)
         try:
-            with pytest.raises(AuditWriteError, match="partial line"):
-                append(log)
+            for _ in range(2):
+                with pytest.raises(AuditWriteError) as raised:
+                    append(log)
+                assert isinstance(raised.value.__cause__, OSError)
+                # The partial line was cut back: not one of its bytes is left behind.
+                assert log_path.read_bytes() == before
+                assert (log.seq, log.head_hash) == (3, head)
         finally:
             file_size_limit(None)
-        assert log.seq == 3
-        # The fragment is on disk, so this writer refuses to bury it under more events.
-        with pytest.raises(AuditWriteError, match="partial line"):
-            append(log)
-    assert log_path.stat().st_size == size + 20
-    with pytest.raises(AuditWriteError, match="no trailing newline"):
-        AuditLog(log_path)
-    with pytest.raises(AuditChainError) as raised:
-        verify_chain(log_path)
-    assert raised.value.seq == 4
+        # Once the disk takes writes again, the same log goes on with the next seq.
+        assert append(log)["seq"] == 4
+        assert append(log)["seq"] == 5
+    assert log_path.read_bytes().startswith(before)
+    assert verify_chain(log_path).events == 5
+    with AuditLog(log_path) as log:
+        assert log.seq == 5
 
 
 def test_write_to_a_full_device_raises(tmp_path: Path) -> None:

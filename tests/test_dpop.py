@@ -328,8 +328,12 @@ def test_token_endpoint_issues_key_bound_token(shared: Gw) -> None:
     assert claims["cnf"] == {"jkt": shared.key.public.kid}
     assert claims["cnf"]["jkt"] == thumbprint(shared.key)
     events = shared.events(response)
-    assert [(e["action"], e["decision"]) for e in events] == [("token.issue", "allow")]
-    assert events[0]["meta"]["cnf"] == {"jkt": thumbprint(shared.key)}
+    # The decision is written before the token is handed out, then the issuance itself.
+    assert [(e["action"], e["decision"], e["status"]) for e in events] == [
+        ("token.issue.authorized", "allow", 0),
+        ("token.issue", "allow", 200),
+    ]
+    assert all(e["meta"]["cnf"] == {"jkt": thumbprint(shared.key)} for e in events)
 
 
 @pytest.mark.parametrize(
@@ -344,8 +348,12 @@ def test_resource_call_with_good_proof(shared: Gw, method: str, path: str, actio
         proof = shared.call_proof(token, method=method, path=path)
         response = shared.call(dpop_auth(token, proof), method=method, path=path)
         assert response.status_code == 200, response.text
+        # Listing models is read-only (one event); a model call is audited before it
+        # reaches the upstream, then its outcome.
+        decided = [(f"{action}.authorized", "allow")] if method == "POST" else []
         assert [(e["action"], e["decision"]) for e in shared.events(response)] == [
-            (action, "allow")
+            *decided,
+            (action, "allow"),
         ]
     if method == "GET":
         assert {m["id"] for m in response.json()["data"]} == {
@@ -375,9 +383,13 @@ def test_calls_through_the_proxy_are_dpop_bound(shared: Gw) -> None:
         server.stop()
     assert response.status_code == 200, response.text
     events = shared.events(response)
-    assert [(e["action"], e["decision"]) for e in events] == [("model.call", "allow")]
+    assert [(e["action"], e["decision"]) for e in events] == [
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
     issued = read_events(shared.paths.audit_log, agent_id=AGENT)
-    jti = events[0]["meta"]["jti"]
+    jti = events[-1]["meta"]["jti"]
+    assert events[0]["meta"]["jti"] == jti
     [issue] = [e for e in issued if e["action"] == "token.issue" and e["meta"]["jti"] == jti]
     assert issue["meta"]["cnf"] == {"jkt": thumbprint(shared.key)}
 

@@ -606,11 +606,13 @@ def test_request_id_is_echoed_and_audited(shared: Stack) -> None:
     assert assert_error(denied, 403, "permission_error")["request_id"] == denied_rid
 
     events = read_events(shared.paths.audit_log, request_id=allowed_rid)
+    # The decision is written before the upstream call, then its outcome.
     assert [(e["action"], e["decision"], e["status"]) for e in events] == [
-        ("model.call", "allow", 200)
+        ("model.call.authorized", "allow", 0),
+        ("model.call", "allow", 200),
     ]
-    assert events[0]["agent_id"] == "agent-1"
-    assert events[0]["resource"] == "model:claude-sonnet-4-6"
+    assert all(e["agent_id"] == "agent-1" for e in events)
+    assert all(e["resource"] == "model:claude-sonnet-4-6" for e in events)
     events = read_events(shared.paths.audit_log, request_id=denied_rid)
     assert [(e["action"], e["decision"], e["status"]) for e in events] == [
         ("model.call", "deny", 403)
@@ -679,8 +681,19 @@ def test_every_request_reaching_the_gateway_is_audited(stack: Stack) -> None:
     for number in range(len(batch)):
         events = read_events(stack.paths.audit_log, request_id=f"audit-batch-{number}")
         assert events, f"request {batch[number][:3]} left no audit event"
-        assert {e["status"] for e in events} == {statuses[number]}
         assert all(e["decision"] in ("allow", "deny") for e in events)
+        decisions = [e for e in events if e["action"].endswith(".authorized")]
+        outcomes = [e for e in events if not e["action"].endswith(".authorized")]
+        assert {e["status"] for e in outcomes} == {statuses[number]}
+        # An allowed model or tool call was audited before it was acted on: its decision
+        # event (allow, status 0) comes first, then the outcome of the same action.
+        acted = [e for e in outcomes if e["action"] in ("model.call", "tool.call")]
+        if any(e["decision"] == "allow" for e in acted):
+            assert [e["action"] for e in decisions] == [f"{acted[0]['action']}.authorized"]
+        for decision in decisions:
+            assert (decision["decision"], decision["status"]) == ("allow", 0)
+            action = decision["action"].removesuffix(".authorized")
+            assert any(e["action"] == action and e["seq"] > decision["seq"] for e in outcomes)
     report = verify_chain(stack.paths.audit_log)
     assert report.events == after == stack.gateway.audit.seq
 

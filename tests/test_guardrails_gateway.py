@@ -483,8 +483,12 @@ def test_benign_conversation_with_a_tool_result_passes(block: GW) -> None:
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["type"] == "message"
-    (event,) = block.events(resp)
-    assert (event["action"], event["decision"]) == ("model.call", "allow")
+    # The decision is audited before the upstream call, then the call's outcome.
+    decision, event = block.events(resp)
+    assert actions([decision, event]) == [
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
     assert event["meta"]["guardrail"]["provider"] == "local"
     assert event["meta"]["guardrail"]["risk"] in BELOW_MEDIUM
 
@@ -522,7 +526,11 @@ def test_tool_arguments_are_screened(block: GW, query: str, status: int) -> None
     else:
         assert resp.status_code == 200, resp.text
         assert resp.json()["output"]["results"][0]["id"] == "KB-001"
-        (event,) = block.events(resp)
+        decision, event = block.events(resp)
+        assert actions([decision, event]) == [
+            ("tool.call.authorized", "allow"),
+            ("tool.call", "allow"),
+        ]
         assert event["meta"]["guardrail"]["risk"] in BELOW_MEDIUM
 
 
@@ -548,23 +556,35 @@ def test_flag_mode_allows_and_audits_the_flag(flag: GW) -> None:
     resp = flag.say(INJECTION)
     assert resp.status_code == 200, resp.text
     events = flag.events(resp)
-    assert actions(events) == [("guardrail.flag", "allow"), ("model.call", "allow")]
+    # The pending flag is written just before the decision, then the call's outcome.
+    assert actions(events) == [
+        ("guardrail.flag", "allow"),
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
     assert events[0]["meta"]["risk"] == "high_risk"
-    assert events[1]["meta"]["guardrail"]["risk"] == "high_risk"
+    assert events[2]["meta"]["guardrail"]["risk"] == "high_risk"
     assert_prompt_not_logged(flag)
 
 
 def test_flag_mode_does_not_flag_a_benign_prompt(flag: GW) -> None:
     resp = flag.say(BENIGN)
     assert resp.status_code == 200, resp.text
-    assert actions(flag.events(resp)) == [("model.call", "allow")]
+    assert actions(flag.events(resp)) == [
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
 
 
 def test_off_mode_does_not_screen(off: GW) -> None:
     resp = off.say(INJECTION)
     assert resp.status_code == 200, resp.text
-    (event,) = off.events(resp)
-    assert (event["action"], event["decision"]) == ("model.call", "allow")
+    decision, event = off.events(resp)
+    assert actions([decision, event]) == [
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
+    assert "guardrail" not in decision["meta"]
     assert "guardrail" not in event["meta"]
     assert not any(e["action"].startswith("guardrail.") for e in read_events(off.paths.audit_log))
 
@@ -597,8 +617,10 @@ def test_web_fetch_is_redacted_and_spotlit(block: GW) -> None:
     # early in the next.
     assert spotlit(second.json()["output"]["body"])["boundary"] != match["boundary"]
 
-    (event,) = block.events(first)
-    assert (event["action"], event["decision"]) == ("tool.call", "allow")
+    decision, event = block.events(first)
+    assert actions([decision, event]) == [("tool.call.authorized", "allow"), ("tool.call", "allow")]
+    # What the tool returned is only known after it ran: it is on the outcome event.
+    assert "redactions" not in decision["meta"]
     assert event["meta"]["redactions"] == {"anthropic-key": 1}
     assert event["meta"]["untrusted_content"]["risk"] == "high_risk"
     raw = block.audit_text()
@@ -614,7 +636,8 @@ def test_redaction_switched_off_lets_the_key_through(
         resp = gw.tool("web.fetch", FETCH)
         assert resp.status_code == 200, resp.text
         assert spotlit(resp.json()["output"]["body"])["body"] == PAGE_BODY
-        (event,) = gw.events(resp)
+        decision, event = gw.events(resp)
+        assert decision["action"] == "tool.call.authorized"
         assert "redactions" not in event["meta"]
         assert event["meta"]["untrusted_content"]["risk"] == "high_risk"
 
@@ -626,7 +649,8 @@ def test_spotlighting_switched_off_leaves_no_markers(tmp_path: Path) -> None:
         body = resp.json()["output"]["body"]
         assert body == REDACTED_PAGE
         assert "agentzt-untrusted" not in body
-        (event,) = gw.events(resp)
+        decision, event = gw.events(resp)
+        assert decision["action"] == "tool.call.authorized"
         assert event["meta"]["redactions"] == {"anthropic-key": 1}
         # The evidence is still recorded: only the marking is off.
         assert event["meta"]["untrusted_content"]["risk"] == "high_risk"
@@ -779,7 +803,11 @@ def test_provider_request_carries_key_model_and_every_turn(
     result = "KB-001 says the VPN client is self-service; TOOL-CANARY."
     resp = og_closed.ask(system=system, messages=_tool_exchange(result))
     assert resp.status_code == 200, resp.text
-    (event,) = og_closed.events(resp)
+    decision, event = og_closed.events(resp)
+    assert actions([decision, event]) == [
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
     assert event["meta"]["guardrail"]["provider"] == "openguardrails"
     assert event["meta"]["guardrail"]["risk"] == "no_risk"
     assert event["meta"]["output_review"]["risk"] == "no_risk"
@@ -829,10 +857,14 @@ def test_outage_fails_open_with_a_flag(og_open: GW, og: FakeOpenGuardrails, mode
     resp = og_open.say(BENIGN)
     assert resp.status_code == 200, resp.text
     events = og_open.events(resp)
-    assert actions(events) == [("guardrail.flag", "allow"), ("model.call", "allow")]
+    assert actions(events) == [
+        ("guardrail.flag", "allow"),
+        ("model.call.authorized", "allow"),
+        ("model.call", "allow"),
+    ]
     assert "unavailable" in events[0]["reason"]
-    assert events[1]["meta"]["guardrail"]["fail_open"] is True
-    assert "usage" in events[1]["meta"]
+    assert events[2]["meta"]["guardrail"]["fail_open"] is True
+    assert "usage" in events[2]["meta"]
 
 
 def test_outage_fails_closed_for_a_tool_before_it_runs(
@@ -856,7 +888,11 @@ def test_connection_refused(tmp_path: Path, refused_url: str, fail_open: bool) -
         events = gw.events(resp)
         if fail_open:
             assert resp.status_code == 200, resp.text
-            assert actions(events) == [("guardrail.flag", "allow"), ("model.call", "allow")]
+            assert actions(events) == [
+                ("guardrail.flag", "allow"),
+                ("model.call.authorized", "allow"),
+                ("model.call", "allow"),
+            ]
             assert "unavailable" in events[0]["reason"]
         else:
             assert_envelope(resp, 503, "api_error")
@@ -870,9 +906,14 @@ def test_output_review_withholds_a_flagged_answer(og_closed: GW, og: FakeOpenGua
     resp = og_closed.say(BENIGN)
     assert "withheld" in assert_envelope(resp, 403, "guardrail_blocked")
     events = og_closed.events(resp)
-    assert actions(events) == [("guardrail.block", "deny"), ("model.call", "deny")]
-    assert events[0]["meta"]["stage"] == "output"
-    assert events[0]["meta"]["categories"] == ["S5"]
+    # The model was called (after its decision event); the review then blocked the answer.
+    assert actions(events) == [
+        ("model.call.authorized", "allow"),
+        ("guardrail.block", "deny"),
+        ("model.call", "deny"),
+    ]
+    assert events[1]["meta"]["stage"] == "output"
+    assert events[1]["meta"]["categories"] == ["S5"]
     assert SUGGESTED not in resp.text
 
 
@@ -884,9 +925,13 @@ def test_output_review_replaces_a_flagged_answer(og_open: GW, og: FakeOpenGuardr
     assert message["content"] == [{"type": "text", "text": SUGGESTED}]
     assert message["stop_reason"] == "end_turn"
     events = og_open.events(resp)
-    assert actions(events) == [("guardrail.flag", "allow"), ("model.call", "allow")]
-    assert events[0]["meta"]["stage"] == "output"
-    assert "replaced" in events[0]["reason"]
+    assert actions(events) == [
+        ("model.call.authorized", "allow"),
+        ("guardrail.flag", "allow"),
+        ("model.call", "allow"),
+    ]
+    assert events[1]["meta"]["stage"] == "output"
+    assert "replaced" in events[1]["reason"]
 
 
 def test_output_review_outage_fails_closed(og_closed: GW, og: FakeOpenGuardrails) -> None:
@@ -894,8 +939,11 @@ def test_output_review_outage_fails_closed(og_closed: GW, og: FakeOpenGuardrails
     og.mode = "output-http-500"
     resp = og_closed.say(BENIGN)
     assert_envelope(resp, 503, "api_error")
-    (event,) = og_closed.events(resp)
-    assert (event["action"], event["decision"]) == ("model.call", "deny")
+    decision, event = og_closed.events(resp)
+    assert actions([decision, event]) == [
+        ("model.call.authorized", "allow"),
+        ("model.call", "deny"),
+    ]
     assert event["meta"]["guardrail"]["risk"] == "no_risk"
     assert event["meta"]["output_review"]["fail_open"] is False
     assert len(og.seen) == 2

@@ -146,7 +146,11 @@ def test_grant_authorizes_one_use_audited_via_jit(env: Env) -> None:
     used = env.send_email(token, grant)
     assert used.status_code == 200, used.text
     assert used.json()["ok"] is True
-    (event,) = env.events(used.headers[RID])
+    # The decision (naming the grant it rests on) is written before the tool runs.
+    decision, event = env.events(used.headers[RID])
+    assert (decision["action"], decision["decision"]) == ("tool.call.authorized", "allow")
+    assert decision["meta"]["via"] == "jit"
+    assert decision["meta"]["grant"]["use"] == 1
     assert event["action"] == "tool.call"
     assert event["decision"] == "allow"
     assert event["meta"]["via"] == "jit"
@@ -163,12 +167,15 @@ def test_grant_authorizes_one_use_audited_via_jit(env: Env) -> None:
 def test_elevation_is_audited_as_grant_and_reject(env: Env) -> None:
     token = env.token("agent-1")
     granted = env.elevate(token)
-    (event,) = env.events(granted.headers[RID])
+    # The decision is audited before the grant is handed out, then the grant itself.
+    decision, event = env.events(granted.headers[RID])
+    assert (decision["action"], decision["decision"]) == ("elevation.grant.authorized", "allow")
+    assert decision["resource"] == "tool:email.send"
     assert event["action"] == "elevation.grant"
     assert event["decision"] == "allow"
     assert event["resource"] == "tool:email.send"
     assert event["meta"]["reason"] == "send the Q3 numbers"
-    assert "elevation_grant" not in str(event)
+    assert "elevation_grant" not in str(decision) + str(event)
     assert granted.json()["elevation_grant"] not in env.paths.audit_log.read_text()
 
     refused = env.elevate(token, name="db.query")  # standing scope, not in the jit list
@@ -454,7 +461,7 @@ def test_role_without_a_risk_rule_is_only_flagged(flag_env: Env) -> None:
     resp = flag_env.call("POST", "/v1/messages", token, body)
     assert resp.status_code == 200, resp.text
     actions = [e["action"] for e in flag_env.events(resp.headers[RID])]
-    assert actions == ["guardrail.flag", "model.call"]
+    assert actions == ["guardrail.flag", "model.call.authorized", "model.call"]
 
 
 # --- the proxy fulfils x-agentzt-elevate ------------------------------------------------
@@ -482,9 +489,14 @@ def test_proxy_obtains_and_attaches_the_grant(env: Env, proxied: str) -> None:
     )
     assert resp.status_code == 200, resp.text
     events = env.events(resp.headers[RID])
-    assert [e["action"] for e in events] == ["elevation.grant", "tool.call"]
-    assert events[0]["meta"]["reason"] == "CFO asked"
-    assert events[1]["meta"]["via"] == "jit"
+    assert [e["action"] for e in events] == [
+        "elevation.grant.authorized",
+        "elevation.grant",
+        "tool.call.authorized",
+        "tool.call",
+    ]
+    assert events[1]["meta"]["reason"] == "CFO asked"
+    assert events[3]["meta"]["via"] == "jit"
     # Without the header the same call is still denied: the grant was single-use.
     plain = httpx.post(f"{proxied}/v1/tools/email.send", json={"arguments": EMAIL_ARGS}, timeout=10)
     assert plain.status_code == 403
@@ -638,7 +650,11 @@ def test_elevation_reason_is_redacted_before_the_audit_log(env: Env) -> None:
 
     resp = env.elevate(env.token("agent-1"), reason=f"need to mail the key {FAKE_LEAKED_KEY}")
     assert resp.status_code == 200
-    (event,) = env.events(resp.headers[RID])
+    decision, event = env.events(resp.headers[RID])
+    assert (decision["action"], event["action"]) == (
+        "elevation.grant.authorized",
+        "elevation.grant",
+    )
     assert event["meta"]["reason"] == "need to mail the key [REDACTED:anthropic-key]"
     assert event["meta"]["redactions"] == {"anthropic-key": 1}
     assert FAKE_LEAKED_KEY not in env.paths.audit_log.read_text()

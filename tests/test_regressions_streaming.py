@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -110,12 +111,19 @@ def test_an_overlong_private_key_is_swallowed_to_its_end_line() -> None:
 def _guard_frames(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     outcomes: list[str] = []
 
+    def finish(outcome: str, meta: dict[str, Any]) -> Future[dict[str, Any]]:
+        # Stands in for the audit writer: records the outcome, reports it written.
+        outcomes.append(outcome)
+        written: Future[dict[str, Any]] = Future()
+        written.set_result({"reason": outcome, "meta": meta})
+        return written
+
     async def source() -> AsyncIterator[tuple[str, dict[str, Any]]]:
         for event in events:
             yield event
 
     async def run() -> list[tuple[str, dict[str, Any]]]:
-        guard = StreamGuard(REDACTOR, lambda outcome, meta: outcomes.append(outcome))
+        guard = StreamGuard(REDACTOR, finish)
         raw = b"".join([frame async for frame in guard.frames(source())])
 
         async def one() -> AsyncIterator[bytes]:

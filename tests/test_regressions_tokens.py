@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import tomli_w
-from conftest import Clock, enroll_agent
+from conftest import Clock, enroll_agent, outcome_event
 from forge import b64u_decode
 
 from agentzt.audit import read_events
@@ -80,10 +80,10 @@ def events(paths: Paths, **filters: Any) -> list[dict[str, Any]]:
     return read_events(paths.audit_log, **filters)
 
 
-def event_of(paths: Paths, response: httpx.Response) -> dict[str, Any]:
-    """The one audit event of the request that got ``response``."""
-    (event,) = events(paths, request_id=response.headers[REQUEST_ID])
-    return event
+def event_of(paths: Paths, response: httpx.Response, **expect: bool) -> dict[str, Any]:
+    """The outcome event of the request that got ``response`` (after its decision event,
+    if the gateway acted on it; see ``outcome_event`` for ``expect``)."""
+    return outcome_event(events(paths, request_id=response.headers[REQUEST_ID]), **expect)
 
 
 def operator(paths: Paths) -> dict[str, str]:
@@ -318,7 +318,9 @@ def test_token_endpoint_refuses_a_task_ended_after_its_early_check(
     assert refused.json()["error_description"] == ENDED_MESSAGE
     assert "access_token" not in refused.json()
     assert ledger_rows(env.paths, task_id="race") == []
-    event = event_of(env.paths, refused)
+    # The early check passed, so the issuance was authorized (and audited) before the
+    # ledger, in one transaction with the insert, saw the task ended.
+    event = event_of(env.paths, refused, refused_after_deciding=True)
     assert (event["action"], event["decision"], event["status"]) == ("token.reject", "deny", 400)
     # The same agent's other tasks are unaffected.
     assert agent.call(agent.issue("other"), task="other").status_code == 200

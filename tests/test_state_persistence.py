@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, Clock, Stack, enroll_agent
+from conftest import REPO, Clock, Stack, enroll_agent, outcome_event
 from gateway_process import child_env, pin_issuer, start_gateway
 
 import agentzt.identity.replay as replay_module
@@ -66,11 +66,10 @@ def jti_of(token: str) -> str:
     return jti
 
 
-def event(paths: Paths, request_id: str) -> dict[str, Any]:
-    """The one audit event of the request ``request_id``."""
-    found = read_events(paths.audit_log, request_id=request_id)
-    assert len(found) == 1, found
-    return found[0]
+def event(paths: Paths, request_id: str, **expect: bool) -> dict[str, Any]:
+    """The outcome event of the request ``request_id`` (after its decision event, if the
+    gateway acted on it; see ``outcome_event`` for ``expect``)."""
+    return outcome_event(read_events(paths.audit_log, request_id=request_id), **expect)
 
 
 class Agent:
@@ -561,7 +560,8 @@ def test_ledger_write_failure_refuses_issuance_with_503_and_audits_it(
         assert refused.headers["cache-control"] == "no-store"
         assert served.status_code == 200, served.text
 
-        seen = event(paths, "req-ledger-down")
+        # The issuance was authorized (and audited) before the ledger refused to record it.
+        seen = event(paths, "req-ledger-down", refused_after_deciding=True)
         assert (seen["action"], seen["decision"], seen["status"]) == ("token.reject", "deny", 503)
         assert seen["agent_id"] == AGENT
         assert "token ledger" in seen["reason"]

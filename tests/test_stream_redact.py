@@ -16,6 +16,7 @@ import random
 import string
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -694,11 +695,17 @@ def run_guard(
     finishes: list[tuple[str, dict[str, Any]]] = []
     before: list[int] = []
 
-    def finish(outcome: str, meta: dict[str, Any]) -> None:
+    def finish(outcome: str, meta: dict[str, Any]) -> Future[dict[str, Any]]:
+        # The gateway hands the outcome event to its audit writer and gets a future back;
+        # here that write has already succeeded (or failed) when the guard looks at it.
         finishes.append((outcome, meta))
         before.append(len(frames))
+        written: Future[dict[str, Any]] = Future()
         if finish_error is not None:
-            raise finish_error
+            written.set_exception(finish_error)
+        else:
+            written.set_result({"action": "model.response", "reason": outcome, "meta": meta})
+        return written
 
     async def drive() -> None:
         guard = StreamGuard(redactor, finish)

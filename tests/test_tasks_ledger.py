@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from conftest import Clock, Stack, enroll_agent, in_ledger
+from conftest import Clock, Stack, enroll_agent, in_ledger, outcome_event
 from forge import b64u, compact
 
 from agentzt.audit import read_events
@@ -104,10 +104,10 @@ def events(paths: Paths, **filters: Any) -> list[dict[str, Any]]:
     return read_events(paths.audit_log, **filters)
 
 
-def event_of(paths: Paths, response: httpx.Response) -> dict[str, Any]:
-    """The one audit event of the request that got ``response``."""
-    (event,) = events(paths, request_id=response.headers[REQUEST_ID])
-    return event
+def event_of(paths: Paths, response: httpx.Response, **expect: bool) -> dict[str, Any]:
+    """The outcome event of the request that got ``response`` (after its decision event,
+    if the gateway acted on it; see ``outcome_event`` for ``expect``)."""
+    return outcome_event(events(paths, request_id=response.headers[REQUEST_ID]), **expect)
 
 
 def operator_secret(paths: Paths) -> str:

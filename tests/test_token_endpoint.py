@@ -236,8 +236,10 @@ def test_token_issued_for_fresh_assertion(ctx: Ctx) -> None:
     assert isinstance(claims["jti"], str) and claims["jti"]
 
     events = read_events(ctx.stack.paths.audit_log, request_id=response.headers[REQUEST_ID])
-    assert [(e["action"], e["decision"], e["agent_id"]) for e in events] == [
-        ("token.issue", "allow", AGENT)
+    # Audit before acting: the decision precedes the issuance it allows.
+    assert [(e["action"], e["decision"], e["agent_id"], e["status"]) for e in events] == [
+        ("token.issue.authorized", "allow", AGENT, 0),
+        ("token.issue", "allow", AGENT, 200),
     ]
     assert_no_secrets(ctx, (assertion, token))
 
@@ -714,5 +716,6 @@ def test_audit_never_holds_a_raw_token(ctx: Ctx) -> None:
     forged = ctx.access_token(ctx.agent_key)
     secrets.append(forged)
     assert ctx.client.get("/v1/models", headers=bearer(forged)).status_code == 401
-    assert len(read_events(ctx.stack.paths.audit_log)) == 5
+    # Issuance and the model call each add a decision event: 5 outcomes + 2 decisions.
+    assert len(read_events(ctx.stack.paths.audit_log)) == 7
     assert_no_secrets(ctx, tuple(secrets))

@@ -1,11 +1,33 @@
-"""Verification of an audit log's hash chain, from the first line to the last."""
+"""Verification of an audit log: the hash chain across every file, and its checkpoints.
+
+Each line is checked on its raw bytes: the recorded ``hash`` must equal
+``sha256(prev_hash + "\\n" + the line without its hash member)``, and its ``seq`` must be
+the next one. For a line the writer produced, the line without its hash member *is*
+``canonical_json(event without hash)`` (the writer writes canonical JSON only, and
+``"hash"`` sorts before every field that could hold an object), so this is the
+PROTOCOL.md formula, computed without parsing JSON; any line it rejects is parsed in full
+to say exactly what is wrong with it. That keeps verification near the speed of SHA-256,
+and large logs are split into byte ranges checked by several processes.
+
+A valid chain can still be a rewritten one (cut short, emptied, rolled back, or edited
+with every later hash recomputed). Signed checkpoints catch that: the event at each
+checkpoint's size must have the checkpoint's head hash, and the log must reach it.
+"""
 
 from __future__ import annotations
 
+import binascii
+import concurrent.futures
+import hashlib
+import itertools
 import json
+import multiprocessing
+import os
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from agentzt.audit.canonical import (
     EVENT_FIELDS,
@@ -13,11 +35,19 @@ from agentzt.audit.canonical import (
     MAX_LINE_BYTES,
     canonical_json,
     chain_hash,
-    iter_lines,
 )
+from agentzt.audit.checkpoint import Checkpoint
+from agentzt.audit.segments import segments
 from agentzt.errors import AuditChainError
 
 __all__ = ["ChainReport", "verify_chain"]
+
+_BLOCK: Final = 1 << 20
+_HASH_KEY: Final = b',"hash":"'
+_SEQ_KEY: Final = b',"seq":'
+# Below this many bytes a log is verified in this process: starting workers costs more.
+PARALLEL_FROM_BYTES: Final = 32 << 20
+_RANGE_BYTES: Final = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,48 +62,287 @@ class ChainReport:
     """The ``ts`` of the first event; ``None`` for an empty log."""
     last_ts: str | None
     """The ``ts`` of the last event; ``None`` for an empty log."""
+    files: int = 1
+    """How many files the log is made of (archives and the active file)."""
+    checkpoints: tuple[tuple[str, Checkpoint], ...] = ()
+    """The checkpoints the log was found to extend, with where each came from."""
 
 
-def verify_chain(path: Path) -> ChainReport:
-    """Check every event of the log at ``path`` and return a summary.
+@dataclass(frozen=True, slots=True)
+class _Range:
+    path: str
+    start: int
+    end: int
+    prev_seq: int
+    prev_hash: str
+    first: bool  # the first range of the whole log: its first line's ts is reported
 
-    Streams the file in constant memory. Raises ``AuditChainError`` at the first bad
-    event, with ``seq`` set to the seq that line should have had: a line that is not a
-    JSON object with exactly the audit fields, not in canonical form, out of sequence, or
-    whose ``hash`` does not match its content and its predecessor; or a final line cut
-    short. A missing file raises ``AuditChainError`` with ``seq`` 0; an empty file
-    verifies with no events.
+
+@dataclass(frozen=True, slots=True)
+class _RangeResult:
+    last_seq: int
+    last_hash: str
+    first_ts: str | None
+    last_ts: str | None
+    hits: dict[int, str]
+    error: tuple[int, str] | None
+
+
+def verify_chain(
+    path: Path,
+    *,
+    checkpoints: Sequence[tuple[str, Checkpoint]] = (),
+    workers: int | None = None,
+) -> ChainReport:
+    """Check every event of the log whose active file is ``path``, and ``checkpoints``.
+
+    Streams the files in constant memory. Raises ``AuditChainError`` at the first bad
+    event, with ``seq`` set to the seq that line should have had: a line whose ``hash``
+    does not match its content and its predecessor, out of sequence, not a canonical
+    event, or a final line cut short. A checkpoint whose event is missing or has another
+    hash raises too: the log was truncated, emptied, rolled back or rewritten. A log with
+    no file raises with ``seq`` 0; an empty log verifies with no events, unless a
+    checkpoint covers events.
+
+    ``workers`` caps the processes used for a large log (default: one per CPU).
     """
-    prev_hash = GENESIS_HASH
-    seq = 0
+    files = segments(path)
+    if not files:
+        if any(cp.size > 0 for _, cp in checkpoints):
+            source, cp = max(checkpoints, key=lambda item: item[1].size)
+            raise AuditChainError(
+                f"seq 1: audit log {path} does not exist, but checkpoint {source} covers "
+                f"{cp.size} events: it was deleted",
+                seq=1,
+            )
+        raise AuditChainError(f"audit log {path} does not exist", seq=0)
+    targets = frozenset(cp.size for _, cp in checkpoints if cp.size > 0)
+    ranges, total = _plan(files)
+    results = _run(ranges, targets, total, workers)
+    last_seq, last_hash = 0, GENESIS_HASH
     first_ts: str | None = None
     last_ts: str | None = None
-    try:
-        stream = path.open("rb")
-    except FileNotFoundError:
-        raise AuditChainError(f"audit log {path} does not exist", seq=0) from None
-    except OSError as exc:
-        raise AuditChainError(
-            f"cannot read audit log {path}: {exc.strerror or exc}", seq=0
-        ) from exc
-    with stream:
+    hits: dict[int, str] = {}
+    for planned, result in zip(ranges, results, strict=True):
+        if (planned.prev_seq, planned.prev_hash) != (last_seq, last_hash):
+            # The previous range ended in error, or the file changed while being read.
+            raise AuditChainError(
+                f"seq {last_seq + 1}: the log changed while it was being verified",
+                seq=last_seq + 1,
+            )
+        if result.error is not None:
+            seq, why = result.error
+            raise AuditChainError(f"seq {seq}: {why}", seq=seq)
+        if planned.first:
+            first_ts = result.first_ts
+        if result.last_seq > last_seq:
+            last_ts = result.last_ts
+        last_seq, last_hash = result.last_seq, result.last_hash
+        hits.update(result.hits)
+    _check_checkpoints(path, checkpoints, last_seq, hits)
+    return ChainReport(
+        events=last_seq,
+        head_hash=last_hash,
+        first_ts=first_ts,
+        last_ts=last_ts,
+        files=len(files),
+        checkpoints=tuple(checkpoints),
+    )
+
+
+def _check_checkpoints(
+    path: Path, checkpoints: Sequence[tuple[str, Checkpoint]], events: int, hits: dict[int, str]
+) -> None:
+    for source, cp in sorted(checkpoints, key=lambda item: item[1].size):
+        if cp.size > events:
+            raise AuditChainError(
+                f"seq {events + 1}: the log ends at seq {events} but checkpoint {source} "
+                f"(signed {cp.time}) covers {cp.size} events: the log was truncated, emptied "
+                "or rolled back",
+                seq=events + 1,
+            )
+        found = hits.get(cp.size, GENESIS_HASH if cp.size == 0 else None)
+        if found != cp.head_hash:
+            raise AuditChainError(
+                f"seq {cp.size}: the chain's hash here differs from checkpoint {source} "
+                f"(signed {cp.time}): events up to seq {cp.size} were rewritten after it "
+                "was signed",
+                seq=cp.size,
+            )
+
+
+def _plan(files: list[Path]) -> tuple[list[_Range], int]:
+    """Split the files into line-aligned byte ranges, each knowing the line before it."""
+    ranges: list[_Range] = []
+    prev_seq, prev_hash = 0, GENESIS_HASH
+    total = 0
+    for index, file in enumerate(files):
         try:
-            for line in iter_lines(stream):
-                event = _check_line(line, seq + 1, prev_hash)
-                seq, prev_hash = event["seq"], event["hash"]
-                last_ts = event["ts"] if isinstance(event["ts"], str) else None
-                if seq == 1:
-                    first_ts = last_ts
+            with file.open("rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                bounds = [0]
+                for cut in range(_RANGE_BYTES, size, _RANGE_BYTES):
+                    if cut <= bounds[-1]:
+                        continue
+                    stream.seek(cut)
+                    stream.readline(MAX_LINE_BYTES)
+                    if stream.tell() < size:
+                        bounds.append(stream.tell())
+                bounds.append(size)
+                total += size
+                for start, end in itertools.pairwise(bounds):
+                    if start > 0:
+                        prev_seq, prev_hash = _line_before(stream, start)
+                    first = index == 0 and start == 0
+                    ranges.append(_Range(str(file), start, end, prev_seq, prev_hash, first))
+                if size > 0 and stream.seek(size - 1) >= 0 and stream.read(1) == b"\n":
+                    prev_seq, prev_hash = _line_before(stream, size)
         except OSError as exc:
             raise AuditChainError(
-                f"seq {seq + 1}: cannot read audit log {path}: {exc.strerror or exc}",
-                seq=seq + 1,
+                f"seq {prev_seq + 1}: cannot read audit log {file}: {exc.strerror or exc}",
+                seq=prev_seq + 1,
             ) from exc
-    return ChainReport(events=seq, head_hash=prev_hash, first_ts=first_ts, last_ts=last_ts)
+    return ranges, total
+
+
+def _line_before(stream: Any, offset: int) -> tuple[int, str]:
+    """The ``seq`` and ``hash`` recorded on the line that ends at ``offset``.
+
+    They are only a starting point for the next range: the range that holds this line
+    verifies it, and a range that does not continue it is reported.
+    """
+    start = max(0, offset - MAX_LINE_BYTES)
+    stream.seek(start)
+    data = stream.read(offset - start)
+    line = data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1]
+    try:
+        event = json.loads(line)
+        seq, head = event["seq"], event["hash"]
+    except (ValueError, TypeError, KeyError):
+        return -1, "?"
+    if type(seq) is not int or not isinstance(head, str):
+        return -1, "?"
+    return seq, head
+
+
+def _run(
+    ranges: list[_Range], targets: frozenset[int], total: int, workers: int | None
+) -> list[_RangeResult]:
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    # Forking a process that runs other threads can copy a lock in a held state.
+    if total < PARALLEL_FROM_BYTES or count < 2 or threading.active_count() > 1:
+        return [_verify_range(r, targets) for r in ranges]
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+        return list(pool.map(_verify_range, ranges, [targets] * len(ranges)))
+
+
+def _verify_range(planned: _Range, targets: frozenset[int]) -> _RangeResult:
+    """Verify the lines of one byte range, chained on the line before it.
+
+    The loop is the hot path of verification, so it does the least per line: find the
+    hash member, hash the rest, compare. The ``seq`` field is checked on the last line of
+    every block: with every hash linked to the previous one, lines in between cannot be
+    out of order without breaking the chain, and a line that does is then re-checked in
+    full (``_check_line``) to say what is wrong with it.
+    """
+    seq, prev = planned.prev_seq, planned.prev_hash.encode()
+    hits: dict[int, str] = {}
+    first_line: bytes | None = None
+    last_line: bytes | None = None
+    sha256, hexlify = hashlib.sha256, binascii.hexlify
+    with Path(planned.path).open("rb") as stream:
+        stream.seek(planned.start)
+        remaining = planned.end - planned.start
+        carry = b""
+        while remaining > 0:
+            block = stream.read(min(_BLOCK, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            lines = (carry + block).split(b"\n")
+            carry = lines.pop()
+            if len(carry) >= MAX_LINE_BYTES:
+                return _failed(seq, prev, carry, planned, hits)
+            if not lines:
+                continue
+            block_seq, block_prev = seq, prev
+            for line in lines:
+                cut = line.find(_HASH_KEY)
+                recorded = line[cut + 9 : cut + 73]
+                digest = sha256(prev)
+                digest.update(b"\n")
+                digest.update(line[:cut])
+                digest.update(line[cut + 74 :])
+                if cut < 0 or hexlify(digest.digest()) != recorded:
+                    return _failed(seq, prev, line + b"\n", planned, hits)
+                seq += 1
+                prev = recorded
+            last = lines[-1]
+            seq_at = last.rfind(_SEQ_KEY) + 7
+            expected = b"%d," % seq
+            if last[seq_at : seq_at + len(expected)] != expected:
+                # Somewhere in this block a line carries the wrong seq: find it.
+                return _rescan(block_seq, block_prev, lines, planned, hits)
+            for target in targets:
+                if block_seq < target <= seq:
+                    hits[target] = _hash_of(lines[target - block_seq - 1])
+            if first_line is None:
+                first_line = lines[0]
+            last_line = last
+        if carry or remaining > 0:
+            return _failed(seq, prev, carry, planned, hits)
+    return _RangeResult(seq, prev.decode(), _ts(first_line), _ts(last_line), hits, None)
+
+
+def _hash_of(line: bytes) -> str:
+    cut = line.find(_HASH_KEY)
+    return line[cut + 9 : cut + 73].decode()
+
+
+def _rescan(
+    seq: int, prev: bytes, lines: list[bytes], planned: _Range, hits: dict[int, str]
+) -> _RangeResult:
+    """Check a block line by line in full, to name the first line that is wrong."""
+    for line in lines:
+        try:
+            event = _check_line(line + b"\n", seq + 1, prev.decode())
+        except AuditChainError:
+            return _failed(seq, prev, line + b"\n", planned, hits)
+        seq, prev = event["seq"], event["hash"].encode()
+    return _failed(seq, prev, b"", planned, hits)
+
+
+def _failed(
+    seq: int, prev: bytes, line: bytes, planned: _Range, hits: dict[int, str]
+) -> _RangeResult:
+    """The result for a range whose line after ``seq`` failed the fast check: say why."""
+    why = "hash does not match its content"
+    if planned.prev_seq < 0:
+        why = "the line before it is not a valid event"
+    else:
+        try:
+            _check_line(line, seq + 1, prev.decode("ascii", "replace"))
+        except AuditChainError as exc:
+            why = exc.detail.partition(": ")[2] or why
+    return _RangeResult(seq, prev.decode("ascii", "replace"), None, None, hits, (seq + 1, why))
+
+
+def _ts(line: bytes | None) -> str | None:
+    if line is None:
+        return None
+    try:
+        ts = json.loads(line).get("ts")
+    except (ValueError, AttributeError):
+        return None
+    return ts if isinstance(ts, str) else None
 
 
 def _check_line(line: bytes, expected: int, prev_hash: str) -> dict[str, Any]:
-    """Return the event on ``line`` if it is event ``expected`` chained on ``prev_hash``."""
+    """Return the event on ``line`` if it is event ``expected`` chained on ``prev_hash``.
+
+    The slow, thorough check: it names what is wrong with a line the fast check refused.
+    """
 
     def bad(why: str) -> AuditChainError:
         return AuditChainError(f"seq {expected}: {why}", seq=expected)

@@ -22,13 +22,14 @@ from rich.text import Text
 from starlette.applications import Starlette
 
 import agentzt
-from agentzt.audit import read_events, verify_chain
+from agentzt.audit import read_events
 from agentzt.cli import app
 from agentzt.cli.audit_cmd import events_table
 from agentzt.cli.output import console
 from agentzt.config import Paths, TlsSettings, load_gateway_settings
 from agentzt.errors import AgentztError, ConfigError
 from agentzt.gateway import Gateway, create_app
+from agentzt.gateway.audit_trail import verify_trail
 from agentzt.identity import enroll, read_private_key
 from agentzt.policy import load_policy
 from agentzt.proxy import create_proxy_app
@@ -193,11 +194,14 @@ def demo_cmd(
             ok = _render_mtls(events, refused) and ok
         console.print(events_table(events, "Audit trail of this run"))
         try:
-            report = verify_chain(paths.audit_log)
+            report = verify_trail(paths, load_gateway_settings(paths.gateway_toml).audit)
+            sealed = max((cp.size for _, cp in report.checkpoints), default=0)
             console.print(
                 f"[green]audit chain verified[/]: {report.events} events, "
-                f"head {report.head_hash[:16]}…"
+                f"head {report.head_hash[:16]}…, against the signed checkpoint at seq "
+                f"{sealed} (written at shutdown, in the log directory and the witness)"
             )
+            ok = ok and sealed == report.events
         except AgentztError as exc:
             console.print(f"[red]audit chain broken[/]: {exc.detail}")
             ok = False

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from agentzt.errors import AgentztError, AuditWriteError, InvalidDpopProofError, NotFoundError
 from agentzt.gateway import routes, token_routes
 from agentzt.gateway.call import Call
+from agentzt.gateway.identifiers import credential_shaped
 from agentzt.gateway.service import Gateway
 from agentzt.gateway.streaming import UpstreamStream
 from agentzt.policy.load import RESOURCE_NAME
@@ -25,6 +26,7 @@ from agentzt.wire import (
     TASK_END,
     EveryMethod,
     error_response,
+    new_request_id,
     oauth_error_response,
     request_id_of,
 )
@@ -84,6 +86,9 @@ def create_app(gw: Gateway) -> Starlette:
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         request_id = request_id_of(request.headers)
+        if credential_shaped(request_id):
+            # The caller's id would be logged as it is; it gets one of ours instead.
+            request_id = new_request_id()
         action, handler = resolve(request.method, request.url.path)
         call = Call(request_id=request_id, action=action, started=started)
         decision = "allow"
@@ -102,38 +107,14 @@ def create_app(gw: Gateway) -> Starlette:
         if decision == "deny" and action in DENIED_ACTION:
             call.action = action = DENIED_ACTION[action]
         try:
-            for note in call.notes:
-                gw.audit.append(
-                    request_id=request_id,
-                    agent_id=call.agent_id,
-                    role=call.role,
-                    action=note.action,
-                    resource=call.resource,
-                    decision=note.decision,
-                    reason=note.reason,
-                    status=response.status_code,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    meta=note.meta,
-                )
-            gw.audit.append(
-                request_id=request_id,
-                agent_id=call.agent_id,
-                role=call.role,
-                action=action,
-                resource=call.resource,
-                decision=decision,
-                reason=call.reason,
-                status=response.status_code,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                meta=call.meta,
-            )
+            await gw.record_outcome(call, action, decision, response.status_code)
         except AuditWriteError as exc:
             # IMPORTANT: a decision that cannot be recorded is not delivered.
-            log.error("audit write failed: %s", exc.detail)
+            log.debug("audit write failed: %s", exc.detail)
             if isinstance(response, UpstreamStream):
                 await response.discard()
             response = _deny(exc, action, request_id)
-            _record_refusal(gw, call, response.status_code)
+            await _record_refusal(gw, call, response.status_code)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
@@ -148,22 +129,13 @@ def create_app(gw: Gateway) -> Starlette:
     )
 
 
-def _record_refusal(gw: Gateway, call: Call, status: int) -> None:
+async def _record_refusal(gw: Gateway, call: Call, status: int) -> None:
     """Try once more with a minimal event of fixed fields, so that a request whose full
     event could not be written still leaves a trace when the log itself is writable."""
+    call.resource = None
+    reason = "the full audit event could not be written; request refused"
     with contextlib.suppress(AuditWriteError):
-        gw.audit.append(
-            request_id=call.request_id,
-            agent_id=call.agent_id,
-            role=call.role,
-            action=call.action,
-            resource=None,
-            decision="deny",
-            reason="the full audit event could not be written; request refused",
-            status=status,
-            latency_ms=(time.perf_counter() - call.started) * 1000,
-            meta={},
-        )
+        await gw.audit.record(gw.draft(call, call.action, "deny", reason, status, {}))
 
 
 def _challenge(gw: Gateway, exc: AgentztError) -> str:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from agentzt.errors import AuthenticationError, InvalidDpopProofError, InvalidRequestError
 from agentzt.gateway.call import Call
+from agentzt.gateway.identifiers import credential_shaped
 from agentzt.identity import TASK_ID, AccessClaims, ProofVerifier
 from agentzt.identity.registry import AgentRecord
 from agentzt.tls.peer import PEER_SCOPE_KEY, PeerCert
@@ -173,6 +174,11 @@ class SenderChecks:
             raise InvalidRequestError(
                 "x-agentzt-task-id is not a task id",
                 message="x-agentzt-task-id must be 1-128 letters, digits, '.', '_', ':' or '-'",
+            )
+        if task is not None and credential_shaped(task):
+            raise InvalidRequestError(
+                "x-agentzt-task-id looks like a credential",
+                message="x-agentzt-task-id looks like a credential; task ids are logged",
             )
         if task != claims.task:
             raise AuthenticationError(

@@ -43,8 +43,13 @@ def _refuse(reason: str) -> InvalidRequestError:
 def check_fields(body: dict[str, Any]) -> None:
     unknown = sorted(set(body) - ALLOWED_FIELDS)
     if unknown:
+        # IMPORTANT: the name is the caller's text, so it goes back to the caller only,
+        # never into the audit log, which must hold nothing a caller could smuggle in.
         shown = unknown[0][:64]
-        raise _refuse(f"field '{shown}' is not accepted through agentzt")
+        raise InvalidRequestError(
+            "a top-level field of the body is not accepted through agentzt",
+            message=f"field '{shown}' is not accepted through agentzt",
+        )
     for tool in body.get("tools") or []:
         if isinstance(tool, dict) and tool.get("type", "custom") != "custom":
             raise _refuse("server tools are not accepted through agentzt; define custom tools")
@@ -68,7 +73,10 @@ def _check_sources(blocks: list[Any]) -> None:
             not isinstance(kind_of, str) or kind_of not in READABLE_SOURCES
         ):
             kind = str(source.get("type"))[:32]
-            raise _refuse(f"content source type '{kind}' is not accepted: send the content")
+            raise InvalidRequestError(
+                "a content source type is not accepted: send the content",
+                message=f"content source type '{kind}' is not accepted: send the content",
+            )
         nested = block.get("content")
         if isinstance(nested, list):
             _check_sources(nested)

@@ -150,6 +150,7 @@ async def messages(gw: Gateway, request: Request, call: Call) -> Response:
         )
     turns = message_turns(body)
     await _screen(gw, call, role, grant, turns)
+    await gw.record_decision(call)
     if stream:
         return await open_stream(gw, request, call, body)
     result = await gw.upstream.message(body, request.headers)
@@ -166,6 +167,7 @@ async def count_tokens(gw: Gateway, request: Request, call: Call) -> Response:
     # Clients often count the very body they will send; the fields counting does not
     # take (max_tokens, sampling) are dropped rather than refused.
     counted = {k: v for k, v in body.items() if k in COUNT_FIELDS}
+    await gw.record_decision(call)
     return json_response(await gw.upstream.count_tokens(counted, request.headers))
 
 
@@ -211,6 +213,7 @@ def tool_call(name: str) -> Handler:
             )
         arguments = gw.toolbox.validate(name, body.get("arguments", {}))
         await _screen(gw, call, role, grant, argument_turns(arguments))
+        await gw.record_decision(call)
         # Tools are synchronous and may use a bounded amount of CPU (a database query);
         # a worker thread keeps the event loop serving other agents meanwhile.
         output = await run_in_threadpool(gw.toolbox.run, name, arguments)
@@ -265,6 +268,7 @@ async def elevate(gw: Gateway, request: Request, call: Call) -> Response:
     gw.check_hours(call, role)
     cap = role.jit.max_ttl_seconds
     ttl = min(ttl or cap, cap)
+    await gw.record_decision(call)
     grant_token, grant = gw.elevations.issue(
         claims.agent_id,
         kind=resource.kind,

@@ -10,12 +10,14 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from starlette.requests import Request
 
-from agentzt.audit import AuditLog
+from agentzt.audit import Draft
 from agentzt.config import GatewaySettings, Paths, load_gateway_settings
 from agentzt.errors import AuthenticationError, PermissionDeniedError, RevokedTokenError
+from agentzt.gateway.audit_trail import open_audit_trail
 from agentzt.gateway.binding import SenderChecks
 from agentzt.gateway.call import Call
 from agentzt.gateway.guard import Guard
@@ -129,7 +131,7 @@ class Gateway:
         self.toolbox: ToolBox = default_toolbox()
         self.limits = self.settings.limits
         self.max_body_bytes = self.limits.max_body_bytes
-        self.audit = AuditLog(paths.audit_log, clock=clock)
+        self.audit, self.correlate = open_audit_trail(paths, self.settings.audit, clock)
 
     async def aclose(self) -> None:
         await self.guard.aclose()
@@ -137,6 +139,59 @@ class Gateway:
         self.audit.close()
         self.ledger.close()
         self.replay.close()
+
+    # --- the audit trail ---------------------------------------------------------
+
+    def draft(
+        self,
+        call: Call,
+        action: str,
+        decision: str,
+        reason: str,
+        status: int,
+        meta: Mapping[str, Any],
+    ) -> Draft:
+        return Draft(
+            request_id=call.request_id,
+            agent_id=call.agent_id,
+            role=call.role,
+            action=action,
+            resource=call.resource,
+            decision=decision,
+            reason=reason,
+            status=status,
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            meta=meta,
+        )
+
+    def _noted(self, call: Call, status: int) -> list[Draft]:
+        drafts = [
+            self.draft(call, n.action, n.decision, n.reason, status, n.meta) for n in call.notes
+        ]
+        call.notes.clear()
+        return drafts
+
+    async def record_decision(self, call: Call) -> None:
+        """Audit before acting: the allow decision (and the notes taken on the way) is
+        written, as durably as ``[audit] fsync`` says, before the upstream call, the tool
+        run or the issuance it allows. Raises ``AuditWriteError`` (503) if it cannot be,
+        and then nothing happens.
+
+        Its action is the route's with ``.authorized`` appended and its status is 0 (no
+        answer yet); the route's own event follows with the outcome.
+        """
+        drafts = self._noted(call, 0)
+        drafts.append(
+            self.draft(call, f"{call.action}.authorized", "allow", call.reason, 0, dict(call.meta))
+        )
+        await self.audit.record(*drafts)
+
+    async def record_outcome(self, call: Call, action: str, decision: str, status: int) -> None:
+        """The notes not yet written and the request's own event; ``AuditWriteError`` if
+        they cannot be written."""
+        drafts = self._noted(call, status)
+        drafts.append(self.draft(call, action, decision, call.reason, status, call.meta))
+        await self.audit.record(*drafts)
 
     # --- the enforcement steps, in decision order ---------------------------------
 
@@ -177,6 +232,9 @@ class Gateway:
         if call is not None:
             call.agent_id, call.role = claims.agent_id, claims.role
             call.meta["jti"] = claims.jti
+            # The token itself is a credential; its keyed hash lets an operator holding
+            # a leaked token find its calls (`agentzt audit hash`).
+            call.meta["token_hmac"] = self.correlate(token)
             if claims.task is not None:
                 call.meta["task"] = claims.task
         # IMPORTANT: the ledger row is read on every call (the verified claims are

@@ -14,10 +14,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +31,9 @@ from agentzt.sse import error_frame
 
 log = logging.getLogger("agentzt.gateway")
 Event = tuple[str, dict[str, Any]]
-# Called once with (outcome, meta) when the stream ends; raises AuditWriteError to refuse.
-Finish = Callable[[str, dict[str, Any]], None]
+# Called once with (outcome, meta) when the stream ends: hands the outcome event to the
+# audit writer; the future fails with AuditWriteError if it cannot be written.
+Finish = Callable[[str, dict[str, Any]], Future[dict[str, Any]]]
 TEXT_FIELDS = {"text_delta": "text", "thinking_delta": "thinking"}
 
 
@@ -52,27 +55,34 @@ class StreamGuard:
         self.usage: dict[str, int] = {}
         self.finished = False
 
-    def end(self, outcome: str) -> None:
+    async def end(self, outcome: str) -> None:
         """Audit how the stream ended, once. Raises AuditWriteError if it cannot."""
         if self.finished:
             return
         self.finished = True
-        self._finish(outcome, self._meta())
+        await asyncio.wrap_future(self._finish(outcome, self._meta()))
 
     def abandon(self, outcome: str) -> None:
-        """``end`` for a stream that is already over for the agent: a failed write is
-        logged, since there is nobody left to refuse."""
-        try:
-            self.end(outcome)
-        except AuditWriteError as exc:
-            log.error("audit write failed for a stream that ended %s: %s", outcome, exc.detail)
+        """``end`` for a stream that is already over for the agent: the event is handed
+        over without waiting, and a failed write is logged, since there is nobody left to
+        refuse."""
+        if self.finished:
+            return
+        self.finished = True
+
+        def report(written: Future[dict[str, Any]]) -> None:
+            error = written.exception()
+            if isinstance(error, AuditWriteError):
+                log.error("audit write failed for a stream that ended %s: %s", outcome, error)
+
+        self._finish(outcome, self._meta()).add_done_callback(report)
 
     async def frames(self, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         try:
             async for name, data in events:
                 if name == "message_stop":
                     try:
-                        self.end("completed")
+                        await self.end("completed")
                     except AuditWriteError as exc:
                         log.error("audit write failed at the end of a stream: %s", exc.detail)
                         yield error_frame("api_error", exc.message)

@@ -10,8 +10,8 @@ connection) is an ordinary error answer instead.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any
 
 import anyio
@@ -69,19 +69,11 @@ async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str,
     # Registered last, so it runs first: the slot is free before the upstream is closed.
     stack.callback(release)
 
-    def finish(outcome: str, meta: dict[str, Any]) -> None:
-        gw.audit.append(
-            request_id=call.request_id,
-            agent_id=call.agent_id,
-            role=call.role,
-            action="model.response",
-            resource=call.resource,
-            decision="allow" if outcome == "completed" else "deny",
-            reason=f"stream {outcome.replace('_', ' ')}",
-            status=200,
-            latency_ms=(time.perf_counter() - call.started) * 1000,
-            meta={"outcome": outcome, **meta},
-        )
+    def finish(outcome: str, meta: dict[str, Any]) -> Future[dict[str, Any]]:
+        decision = "allow" if outcome == "completed" else "deny"
+        reason = f"stream {outcome.replace('_', ' ')}"
+        meta = {"outcome": outcome, **meta}
+        return gw.audit.submit(gw.draft(call, "model.response", decision, reason, 200, meta))
 
     redactor = gw.guard.redactor if gw.guard.output.redact_secrets else None
     guard = StreamGuard(redactor, finish)

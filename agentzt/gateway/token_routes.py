@@ -20,6 +20,7 @@ from agentzt.errors import (
     UnsupportedGrantTypeError,
 )
 from agentzt.gateway.call import Call
+from agentzt.gateway.identifiers import credential_shaped
 from agentzt.gateway.routes import Handler
 from agentzt.gateway.service import Gateway
 from agentzt.identity import CLIENT_ASSERTION_TYPE, TASK_ID, AccessClaims
@@ -47,6 +48,9 @@ def _task_id(value: str | None) -> str | None:
         return None
     if not TASK_ID.fullmatch(value):
         reason = "task_id must be 1-128 letters, digits, '.', '_', ':' or '-'"
+        raise InvalidRequestError(reason, message=reason)
+    if credential_shaped(value):
+        reason = "task_id looks like a credential; task ids are logged"
         raise InvalidRequestError(reason, message=reason)
     return value
 
@@ -111,6 +115,12 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
     access_token, claims = gw.issuer_of_tokens.issue(
         agent_id, role.name, granted, x5t=x5t, jkt=jkt, task=task
     )
+    call.reason = f"issued to {agent_id} for role {role.name}"
+    call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
+    call.meta["token_hmac"] = gw.correlate(access_token)
+    if claims.cnf:
+        call.meta["cnf"] = claims.cnf
+    await gw.record_decision(call)
     # IMPORTANT: recorded before it is handed out; a token the ledger does not hold is
     # refused on every call, so a failed write here costs only this request.
     gw.ledger.record(
@@ -123,10 +133,6 @@ async def token(gw: Gateway, request: Request, call: Call) -> Response:
         issued_at=claims.iat,
         expires_at=claims.exp,
     )
-    call.reason = f"issued to {agent_id} for role {role.name}"
-    call.meta.update({"jti": claims.jti, "exp": claims.exp, "scope": " ".join(granted)})
-    if claims.cnf:
-        call.meta["cnf"] = claims.cnf
     return json_response(
         {
             "access_token": access_token,
@@ -172,7 +178,10 @@ async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
         _throttle_agent(gw, call.agent_id)
     else:
         call.meta["by"] = "operator"
-    claims = _claims_of(gw, form.get("token"))
+    value = form.get("token")
+    if value is not None:
+        call.meta["token_hmac"] = gw.correlate(value)
+    claims = _claims_of(gw, value)
     # RFC 7009 section 2.2: an invalid or expired token is no error; there is nothing
     # left to revoke.
     if claims is None:
@@ -186,6 +195,8 @@ async def revoke(gw: Gateway, request: Request, call: Call) -> Response:
             message="a client may revoke only its own tokens",
         )
     by = "the operator" if call.agent_id is None else "its agent"
+    call.reason = f"revoke token {claims.jti}"
+    await gw.record_decision(call)
     revoked = gw.ledger.revoke(now=gw.clock(), reason=f"revoked by {by}", jti=claims.jti)
     call.reason = f"token {claims.jti} revoked" if revoked else "nothing to revoke: already revoked"
     return Response(status_code=200, headers=NO_STORE)
@@ -200,6 +211,7 @@ async def introspect(gw: Gateway, request: Request, call: Call) -> Response:
     value = form.get("token")
     if value is None:
         raise InvalidRequestError("the token parameter is missing")
+    call.meta["token_hmac"] = gw.correlate(value)
     try:
         # The very check a call makes (bar the request's own proof and channel), so
         # introspection never calls live a token the gateway would refuse.
@@ -241,6 +253,8 @@ async def end_task(gw: Gateway, request: Request, call: Call, task: str) -> Resp
             "a task token may end only its own task",
             message="a task token may end only its own task",
         )
+    call.reason = f"end task {task}"
+    await gw.record_decision(call)
     revoked = gw.ledger.end_task(
         claims.agent_id, task, now=gw.clock(), reason="task ended by its agent"
     )

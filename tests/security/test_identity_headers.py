@@ -433,8 +433,10 @@ def test_the_proxy_calls_as_its_own_agent_whatever_the_agent_presents(bench: Ben
     assert bench.ran[ran_before:] == ["kb.search"]
     check_forwarded_headers(bench, forwarded)
     events = read_events(bench.audit_log, request_id=rid)
-    assert [(e["agent_id"], e["resource"], e["decision"]) for e in events] == [
-        ("agent-1", "tool:kb.search", "allow")
+    # The decision event comes before the tool runs, then the outcome; both as agent-1.
+    assert [(e["agent_id"], e["action"], e["resource"], e["decision"]) for e in events] == [
+        ("agent-1", "tool.call.authorized", "tool:kb.search", "allow"),
+        ("agent-1", "tool.call", "tool:kb.search", "allow"),
     ]
 
 

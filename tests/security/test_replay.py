@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from burst import all_at_once
-from conftest import REPO, enroll_agent
+from conftest import REPO, enroll_agent, outcome_event
 from gateway_process import pin_issuer, start_gateway
 
 from agentzt.audit import read_events
@@ -222,11 +222,10 @@ class Live:
         return self
 
     def event(self, request_id: str) -> dict[str, Any]:
-        """The one audit event of this test's request ``request_id``."""
+        """The outcome event of this test's request ``request_id`` (after its decision
+        event, if the gateway acted on it)."""
         found = read_events(self.paths.audit_log, request_id=request_id)
-        found = [e for e in found if e["seq"] > self.seq0]
-        assert len(found) == 1, found
-        return found[0]
+        return outcome_event([e for e in found if e["seq"] > self.seq0])
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ ignored), or None when it names no route. The invariants, checked on every row:
 
 - no 5xx; the answer is 200 or a refusal (400, 403, 404, 405);
 - a tool runs only if it is the variant's normalized tool, the role allows it, the answer
-  is 200 and the audit event that allowed it names that very tool (authorization saw what
-  ran); email.send never runs;
+  is 200 and the audit events that allowed it (the decision written before it ran, then
+  its outcome) name that very tool (authorization saw what ran); email.send never runs;
 - the audit events of the request name no resource but the normalized one, and allow
   nothing but the normalized route;
 - through the proxy, whatever reaches the gateway is exactly the normalized route (method
@@ -444,13 +444,16 @@ def check_one_reading(bench: Bench, case: Case, via: str, out: Outcome) -> None:
         assert not allowed, (table, allowed)
     elif route.tool is not None:
         assert {e["resource"] for e in out.events} <= {None, route.audit}, (table, out.events)
-        assert all((e["action"], e["resource"]) == ("tool.call", route.audit) for e in allowed)
+        # Audit before acting: a tool call is allowed twice, by its decision event (written
+        # before the tool runs) and by its outcome event, both naming the normalized tool.
+        decided = [("tool.call.authorized", route.audit), ("tool.call", route.audit)]
+        assert all((e["action"], e["resource"]) in decided for e in allowed), (table, allowed)
         if status == 403:
             # Refused by authorization, which saw the normalized tool.
             assert route.audit in {e["resource"] for e in out.events}, (table, out.events)
         if status == 200:
             assert out.ran == [route.tool], (table, out.ran)
-            assert [e["resource"] for e in allowed] == [route.audit], table
+            assert [(e["action"], e["resource"]) for e in allowed] == decided, table
             assert route.tool in DEMO_TOOLS, table
     else:
         assert not out.ran, table

@@ -1,8 +1,8 @@
 """The bare pass-through chain: a fixed-answer upstream and a proxy with no security, on
 the same server stack as agentzt, with a choice of HTTP client for the proxy's hop.
 
-    python -m benchmarks.bare upstream --port P          (answers stream: true with SSE)
-    python -m benchmarks.bare proxy --port P --upstream URL --client aiohttp|httpx
+    python -m agentzt.bench.bare upstream --port P          (answers stream: true with SSE)
+    python -m agentzt.bench.bare proxy --port P --upstream URL --client aiohttp|httpx
 """
 
 from __future__ import annotations

@@ -1,0 +1,100 @@
+"""Verify a large audit log: events per second and peak memory.
+
+    python -m benchmarks.audit_verify [--events 1000000] [--workers N] [--keep DIR]
+
+Writes a log of ``--events`` realistic events with the real writer (``AuditLog``, in
+batches, as group commit writes them), then verifies it in a fresh process, so the peak
+RSS reported is verification's alone (its worker processes included), and prints one
+JSON line. Target (issue 7): at least 600,000 events/s with memory flat in the log's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agentzt.audit import AuditLog, Draft
+
+_VERIFY = """
+import json, resource, sys, time
+from pathlib import Path
+from agentzt.audit import verify_chain
+workers = int(sys.argv[2]) if sys.argv[2] != "auto" else None
+started = time.perf_counter()
+report = verify_chain(Path(sys.argv[1]), workers=workers)
+elapsed = time.perf_counter() - started
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"events": report.events, "seconds": elapsed,
+                  "rss_kib": own, "worker_rss_kib": children}))
+"""
+
+
+def write_log(path: Path, events: int, batch: int = 1000) -> None:
+    with AuditLog(path, max_file_bytes=1 << 40) as log:
+        for start in range(0, events, batch):
+            drafts = [
+                Draft(
+                    request_id=f"req_{i:032x}",
+                    agent_id="bench-agent",
+                    role="analyst",
+                    action="model.call",
+                    resource="model:claude-sonnet-4-6",
+                    decision="allow",
+                    reason="model:claude-sonnet-4-6 is allowed for role analyst",
+                    status=200,
+                    latency_ms=6.5,
+                    meta={"jti": f"{i:032x}", "usage": {"input_tokens": 12, "output_tokens": 40}},
+                )
+                for i in range(start, min(events, start + batch))
+            ]
+            log.append_batch(drafts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--workers", default="auto", help="verify processes, or 'auto'")
+    parser.add_argument("--keep", type=Path, help="write the log here and keep it")
+    args = parser.parse_args()
+    directory = args.keep or Path(tempfile.mkdtemp(prefix="agentzt-verify-"))
+    path = directory / "gateway-audit.jsonl"
+    if not path.exists():
+        started = time.perf_counter()
+        write_log(path, args.events)
+        took = time.perf_counter() - started
+        print(f"wrote {args.events} events in {took:.1f} s", file=sys.stderr)
+    out = subprocess.run(
+        [sys.executable, "-c", _VERIFY, str(path), str(args.workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result = json.loads(out)
+    size = path.stat().st_size
+    print(
+        json.dumps(
+            {
+                "events": result["events"],
+                "bytes": size,
+                "seconds": round(result["seconds"], 3),
+                "events_per_second": round(result["events"] / result["seconds"]),
+                "peak_rss_mib": round(result["rss_kib"] / 1024, 1),
+                "peak_worker_rss_mib": round(result["worker_rss_kib"] / 1024, 1),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+    if args.keep is None:
+        path.unlink()
+        directory.rmdir()
+
+
+if __name__ == "__main__":
+    main()
