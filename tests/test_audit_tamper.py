@@ -35,7 +35,7 @@ from agentzt.audit import canonical_json, chain_hash, verify_chain
 from agentzt.audit.segments import archives
 from agentzt.cli import app
 from agentzt.config import Paths, load_gateway_settings
-from agentzt.errors import AuditWriteError
+from agentzt.errors import AuditWriteError, UsageError
 from agentzt.gateway import Gateway
 from agentzt.gateway.audit_trail import open_audit_trail, verify_trail
 
@@ -381,8 +381,12 @@ def test_kept_checkpoint_catches_what_the_local_ones_cannot(
 
 def test_missing_kept_checkpoint_is_an_error_not_a_pass(trail: Trail, tmp_path: Path) -> None:
     gone = tmp_path / "nowhere.checkpoint"
-    run = agentzt_here(trail.paths, "audit", "--verify", "--checkpoint", str(gone))
-    assert_broken(run, None, gone)
+    # A mistyped path is bad usage (the entry point prints it in one line, exit 2),
+    # and never a pass.
+    with pytest.raises(UsageError, match="no such file") as refused:
+        agentzt_here(trail.paths, "audit", "--verify", "--checkpoint", str(gone))
+    assert refused.value.exit_code == 2
+    assert str(gone) in refused.value.detail
 
 
 # --- 3. forged checkpoints -------------------------------------------------------------------
@@ -646,7 +650,7 @@ def test_gateway_refuses_a_log_rewritten_at_the_checkpoint_size(trail: Trail) ->
         open_audit_trail(trail.paths, settings, Clock(at(11)))
     message = refused.value.detail
     assert "\n" not in message
-    assert f"head at seq {EVENTS}" in message
+    assert f"event at seq {EVENTS} is not the one checkpoint" in message
     assert "rewritten" in message
     assert trail.log.read_bytes() == before
 

@@ -187,11 +187,13 @@ class Seal:
                 found.append((path, checkpoint))
         return found
 
-    def check_start(self, seq: int, head_hash: str) -> None:
+    def check_start(self, seq: int, head_hash: str, hash_at: Callable[[int], str | None]) -> None:
         """Refuse to continue a log that its newest checkpoint shows was cut or rewritten.
 
-        Raises ``CheckpointError``. Reads only the checkpoints and the log's head, so it
-        costs the same for a log of any length; ``agentzt audit --verify`` does the rest.
+        Raises ``CheckpointError``. ``hash_at(n)`` is the hash the log records on event
+        ``n``; it is asked only for the checkpoint's event, read from the end, so this
+        costs what the events since the checkpoint cost; ``agentzt audit --verify`` does
+        the rest.
         """
         best = newest(self.found())
         if best is None:
@@ -203,10 +205,13 @@ class Seal:
                 f"{checkpoint.time}) covers {checkpoint.size}: it was truncated, emptied or "
                 "rolled back; run `agentzt audit --verify`"
             )
-        if checkpoint.size == seq and checkpoint.head_hash != head_hash:
+        found = head_hash if checkpoint.size == seq else hash_at(checkpoint.size)
+        if checkpoint.size > 0 and found != checkpoint.head_hash:
+            # IMPORTANT: also when the log has grown past the checkpoint, or a rewritten
+            # log plus one new event would start, and be sealed afresh, unnoticed.
             raise CheckpointError(
-                f"the audit log's head at seq {seq} is not the one checkpoint {path} signed: "
-                "it was rewritten; run `agentzt audit --verify`"
+                f"the audit log's event at seq {checkpoint.size} is not the one checkpoint "
+                f"{path} signed: it was rewritten; run `agentzt audit --verify`"
             )
         self.sealed_seq = checkpoint.size
 

@@ -30,18 +30,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from agentzt.audit.canonical import GENESIS_HASH, MAX_LINE_BYTES, canonical_json, chain_hash
+from agentzt.audit.canonical import GENESIS_HASH, MAX_LINE_BYTES, canonical_json
 from agentzt.audit.segments import archive_path, archives, pending_path
 from agentzt.errors import AuditWriteError
 from agentzt.files import write_atomically
 
-__all__ = ["AuditLog", "Draft", "Recovered"]
+__all__ = ["AuditLog", "Draft", "Recovered", "Written"]
 
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 SYSTEM_REQUEST_ID: Final = "agentzt-audit"
 _DECISIONS: Final = frozenset({"allow", "deny"})
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _TAIL_CHUNK: Final = 8192
+_LATENCY_KEY: Final = b',"latency_ms":'
 _VERIFY_HINT: Final = "run `agentzt audit --verify` to locate the damage"
 
 
@@ -63,6 +64,14 @@ class Draft:
     def __post_init__(self) -> None:
         if self.decision not in _DECISIONS:
             raise ValueError(f"decision must be 'allow' or 'deny', not {self.decision!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """An event as appended: its seq and its line."""
+
+    seq: int
+    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +116,29 @@ class AuditLog:
         # A failed write may have left bytes past this offset; they go before the next.
         self._cut_to: int | None = None
         self._needs_sync = False
+        # Counts the times a sync became necessary, so a sync running outside the lock
+        # knows whether it covered them.
+        self._epoch = 0
         self._synced_seq = 0
         _make_private_dirs(path.parent)
-        _finish_rotation(path)
-        fd = _open_locked(path)
+        # IMPORTANT: the lock comes first, so a second gateway refused by it has touched
+        # nothing, not even a rotation the first one is in the middle of.
+        self._lock_fd = _lock_log(path)
+        fd = -1
         try:
+            _finish_rotation(path)
+            fd = _open_log(path)
             self.recovered = _quarantine_torn_tail(fd, path)
             self._size = os.fstat(fd).st_size
             self._seq, self._head = _read_head(fd, path, self._size)
-        except OSError as exc:
-            os.close(fd)
-            raise AuditWriteError(f"cannot read audit log {path}: {exc.strerror or exc}") from exc
-        except BaseException:
-            os.close(fd)
+        except BaseException as exc:
+            for opened in (fd, self._lock_fd):
+                if opened >= 0:
+                    os.close(opened)
+            if isinstance(exc, OSError):
+                raise AuditWriteError(
+                    f"cannot read audit log {path}: {exc.strerror or exc}"
+                ) from exc
             raise
         self._fd: int | None = fd
         self._synced_seq = self._seq
@@ -172,6 +191,11 @@ class AuditLog:
         """The size of the active file in bytes."""
         return self._size
 
+    @property
+    def max_file_bytes(self) -> int:
+        """The size past which ``rotate_if_due`` starts a new file."""
+        return self._max_file_bytes
+
     def append(
         self,
         *,
@@ -198,10 +222,11 @@ class AuditLog:
         result = self.append_batch([draft])[0]
         if isinstance(result, AuditWriteError):
             raise result
-        return result
+        event: dict[str, Any] = json.loads(result.line)
+        return event
 
-    def append_batch(self, drafts: list[Draft]) -> list[dict[str, Any] | AuditWriteError]:
-        """Append ``drafts`` in order with one write; return each event or its error.
+    def append_batch(self, drafts: list[Draft]) -> list[Written | AuditWriteError]:
+        """Append ``drafts`` in order with one write; return each one's line or its error.
 
         An event that cannot be serialized gets its own error and takes no seq; a failed
         write (or, with ``sync_each``, a failed sync) fails the whole batch and leaves the
@@ -209,19 +234,19 @@ class AuditLog:
         """
         with self._lock:
             fd = self._writable_fd()
-            results: list[dict[str, Any] | AuditWriteError] = []
+            results: list[Written | AuditWriteError] = []
             lines: list[bytes] = []
             seq, head = self._seq, self._head
             ts = _rfc3339_utc(self._clock())
             for draft in drafts:
                 try:
-                    event, line = _build(draft, seq + 1, ts, head)
+                    line, digest = _build(draft, seq + 1, ts, head)
                 except AuditWriteError as exc:
                     results.append(exc)
                     continue
-                seq, head = event["seq"], event["hash"]
+                seq, head = seq + 1, digest
                 lines.append(line)
-                results.append(event)
+                results.append(Written(seq, line))
             if not lines:
                 return results
             data = b"".join(lines)
@@ -233,7 +258,7 @@ class AuditLog:
                 except AuditWriteError as exc:
                     # Not on stable storage, so not acknowledged: take the lines back.
                     self._cut_back(fd, start)
-                    return [exc if isinstance(r, dict) else r for r in results]
+                    return [exc if isinstance(r, Written) else r for r in results]
             # IMPORTANT: the chain head moves only once the lines are in the file, so a
             # failed batch is retried with the same seq and prev_hash.
             self._size = start + len(data)
@@ -243,12 +268,28 @@ class AuditLog:
             return results
 
     def sync(self) -> None:
-        """Put everything appended so far on stable storage; ``AuditWriteError`` if not."""
+        """Put everything appended so far on stable storage; ``AuditWriteError`` if not.
+
+        The lock is not held during the sync itself, so appends go on meanwhile; the
+        caller must not close the log while it runs.
+        """
         with self._lock:
-            fd = self._fd
+            fd, seq, epoch = self._fd, self._seq, self._epoch
             if fd is None:
                 raise AuditWriteError(f"audit log {self._path} is closed")
-            self._sync_locked(fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._mark_unsynced()
+            raise AuditWriteError(
+                f"cannot sync audit log {self._path} to disk: {exc.strerror or exc}"
+            ) from exc
+        with self._lock:
+            if self._epoch == epoch:
+                # Nothing failed meanwhile that this sync did not cover.
+                self._needs_sync = False
+            self._synced_seq = max(self._synced_seq, seq)
 
     def rotate_if_due(self) -> bool:
         """Start a new active file once this one is past ``max_file_bytes``.
@@ -267,9 +308,12 @@ class AuditLog:
         """Release the lock and close the file. Closing twice is harmless."""
         with self._lock:
             fd, self._fd = self._fd, None
+            lock_fd, self._lock_fd = self._lock_fd, -1
         if fd is not None:
-            # Closing the descriptor also releases the flock.
             os.close(fd)
+        if lock_fd >= 0:
+            # Closing the descriptor releases the flock.
+            os.close(lock_fd)
 
     def __enter__(self) -> AuditLog:
         return self
@@ -356,13 +400,17 @@ class AuditLog:
         except OSError:
             self._cut_to = start
         # The cut itself must reach the disk before anything is built on it.
+        self._mark_unsynced()
+
+    def _mark_unsynced(self) -> None:
         self._needs_sync = True
+        self._epoch += 1
 
     def _sync_locked(self, fd: int) -> None:
         try:
             os.fdatasync(fd)
         except OSError as exc:
-            self._needs_sync = True
+            self._mark_unsynced()
             raise AuditWriteError(
                 f"cannot sync audit log {self._path} to disk: {exc.strerror or exc}"
             ) from exc
@@ -396,7 +444,7 @@ class AuditLog:
                 "previous_head": self._head,
             },
         )
-        event, line = _build(draft, self._seq + 1, _rfc3339_utc(self._clock()), self._head)
+        line, digest = _build(draft, self._seq + 1, _rfc3339_utc(self._clock()), self._head)
         try:
             write_atomically(pending, line, 0o600)
             self._path.rename(archived)
@@ -408,7 +456,7 @@ class AuditLog:
         try:
             pending.rename(self._path)
             _sync_directory(self._path.parent)
-            new_fd = _open_locked(self._path)
+            new_fd = _open_log(self._path)
         except (OSError, AuditWriteError) as exc:
             # The old descriptor now names the archive; nothing may be appended to it.
             self._broken = (
@@ -418,12 +466,20 @@ class AuditLog:
         os.close(fd)
         self._fd = new_fd
         self._size = len(line)
-        self._seq, self._head = event["seq"], event["hash"]
+        self._seq, self._head = self._seq + 1, digest
         self._synced_seq = self._seq
 
 
-def _build(draft: Draft, seq: int, ts: str, prev_hash: str) -> tuple[dict[str, Any], bytes]:
-    """The event ``draft`` becomes as event ``seq``, and its line."""
+def _build(draft: Draft, seq: int, ts: str, prev_hash: str) -> tuple[bytes, str]:
+    """The line ``draft`` becomes as event ``seq``, and its hash.
+
+    The event without its hash is serialized once, canonically; its hash is taken over
+    exactly those bytes and spliced in where ``"hash"`` sorts (just before
+    ``"latency_ms"``; no field before it can hold an object, and a quote inside a
+    string is always escaped, so that key's first occurrence is the real one). The
+    line is then the canonical form of the whole event, as ``verify`` expects.
+    """
+    meta = dict(draft.meta) if draft.meta is not None else {}
     fields: dict[str, Any] = {
         "seq": seq,
         "ts": ts,
@@ -436,24 +492,35 @@ def _build(draft: Draft, seq: int, ts: str, prev_hash: str) -> tuple[dict[str, A
         "reason": draft.reason,
         "status": draft.status,
         "latency_ms": round(float(draft.latency_ms), 3),
-        "meta": dict(draft.meta) if draft.meta is not None else {},
+        "meta": meta,
     }
     try:
-        # IMPORTANT: hash the event as a verifier will read it back from disk. The JSON
-        # round trip turns tuples into lists and non-string keys into strings (which can
-        # change key order); hashing the caller's objects instead would write an event
-        # that can never verify.
-        event: dict[str, Any] = json.loads(canonical_json(fields))
-        event["hash"] = chain_hash(prev_hash, event)
-        line = canonical_json(event) + b"\n"
+        if not _string_keys(meta):
+            # IMPORTANT: hash the event as a verifier reads it back. Non-string keys
+            # become strings in JSON, which can change their sorted order; one round
+            # trip settles them.
+            fields["meta"] = json.loads(canonical_json(meta))
+        body = canonical_json(fields)
     except (TypeError, ValueError) as exc:
         raise AuditWriteError(f"audit event seq {seq} cannot be serialized as JSON: {exc}") from exc
+    digest = hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
+    cut = body.index(_LATENCY_KEY)
+    line = b"".join((body[:cut], b',"hash":"', digest.encode(), b'"', body[cut:], b"\n"))
     if len(line) > MAX_LINE_BYTES:
         raise AuditWriteError(
             f"audit event seq {seq} is {len(line)} bytes, over the "
             f"{MAX_LINE_BYTES}-byte line limit; shrink its meta"
         )
-    return event, line
+    return line, digest
+
+
+def _string_keys(value: object) -> bool:
+    """Whether every object key in ``value`` is a string (what JSON keeps as it is)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 def _rfc3339_utc(timestamp: float) -> str:
@@ -506,11 +573,23 @@ def _finish_rotation(path: Path) -> None:
         ) from exc
 
 
-def _open_locked(path: Path) -> int:
-    """Open (or create, mode 0600) the log for append and take its exclusive lock."""
+def _open_log(path: Path) -> int:
+    """Open (or create, mode 0600) the active file for append."""
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o600)
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise AuditWriteError(f"cannot open audit log {path}: {exc.strerror or exc}") from exc
+
+
+def _lock_log(path: Path) -> int:
+    """Take the log's exclusive lock: a lock file beside it, held while the log is open.
+
+    A file of its own, because the active file is renamed away at each rotation.
+    """
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise AuditWriteError(f"cannot open audit log {path}: {exc.strerror or exc}") from exc
     try:
@@ -579,7 +658,7 @@ def _read_head(fd: int, path: Path, size: int) -> tuple[int, str]:
 def _head_of(last: bytes, path: Path) -> tuple[int, str]:
     try:
         event = json.loads(last)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _damaged(path, "it is not valid JSON") from None
     if not isinstance(event, dict):
         raise _damaged(path, "it is not a JSON object")

@@ -29,7 +29,7 @@ def iter_log_lines(path: Path) -> Iterator[bytes]:
 def _event(line: bytes) -> dict[str, Any] | None:
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return event if isinstance(event, dict) else None
 
@@ -114,17 +114,25 @@ class Follower:
                     *complete, pending = (pending + chunk).split(b"\n")
                     yield from (line + b"\n" for line in complete)
                     continue
-                if _identity(self._path) != self._identity:
-                    # Rotated (maybe more than once), or created: the old file is finished.
-                    pending = b""
-                    if self._stream is not None:
-                        self._stream.close()
-                    stream, identity, missed = self._next_file()
-                    for archive in missed:
-                        yield from _complete_lines(archive)
-                    self._stream, self._identity = stream, identity
+                current = _identity(self._path)
+                if current is None or current == self._identity:
+                    # Nothing new, or the path is between the two renames of a rotation.
+                    time.sleep(self._poll)
                     continue
-                time.sleep(self._poll)
+                # Rotated (maybe more than once), or created. The old file is finished:
+                # what was written to it after the last read comes first.
+                if self._stream is not None:
+                    *complete, _ = (pending + self._stream.read()).split(b"\n")
+                    yield from (line + b"\n" for line in complete)
+                    self._stream.close()
+                    self._stream = None
+                pending = b""
+                stream, identity, missed = self._next_file()
+                if stream is None:
+                    continue
+                for archive in missed:
+                    yield from _complete_lines(archive)
+                self._stream, self._identity = stream, identity
         finally:
             if self._stream is not None:
                 self._stream.close()
@@ -134,13 +142,14 @@ class Follower:
         far and it: every rotation since, not only the last."""
         while True:
             stream = _open(self._path)
-            identity = None if stream is None else _fstat_identity(stream)
+            if stream is None:
+                return None, None, []
+            identity = _fstat_identity(stream)
             sealed = [(a, _identity(a)) for a in archives(self._path)]
-            if identity is None or all(found != identity for _, found in sealed):
+            if all(found != identity for _, found in sealed):
                 break
             # Rotated again between the open and the listing: look once more.
-            if stream is not None:
-                stream.close()
+            stream.close()
         after = [i for i, (_, found) in enumerate(sealed) if found == self._identity]
         start = after[0] + 1 if after else len(sealed)
         return stream, identity, [a for a, _ in sealed[start:]]

@@ -42,3 +42,50 @@ def segments(active: Path) -> list[Path]:
     if active.exists():
         files.append(active)
     return files
+
+
+def hash_at(active: Path, seq: int, chunk: int = 1 << 16) -> str | None:
+    """The ``hash`` recorded on event ``seq``, read backwards from the end of the log.
+
+    Reads only the lines after it, so checking a checkpoint at start-up costs what the
+    events since that checkpoint cost, not the log's length. ``None`` if the log holds no
+    such event or a line on the way has no readable seq.
+    """
+    for file in reversed(segments(active)):
+        try:
+            stream = file.open("rb")
+        except FileNotFoundError:
+            continue
+        with stream:
+            end = stream.seek(0, 2)
+            carry = b""
+            while end > 0:
+                start = max(0, end - chunk)
+                stream.seek(start)
+                lines = (stream.read(end - start) + carry).split(b"\n")
+                carry = lines.pop(0) if start > 0 else b""
+                for line in reversed(lines):
+                    if not line:
+                        continue
+                    found = _field(line, b',"seq":', b",")
+                    if found is None or not found.isdigit():
+                        return None
+                    if int(found) == seq:
+                        return _field(line, b',"hash":"', b'"')
+                    if int(found) < seq:
+                        return None
+                end = start
+                if len(carry) > (1 << 20):
+                    return None
+    return None
+
+
+def _field(line: bytes, key: bytes, stop: bytes) -> str | None:
+    """A top-level field's raw value: the last ``key`` for seq (it sorts after meta), the
+    first for hash (it sorts before it)."""
+    at = line.rfind(key) if key.startswith(b',"seq"') else line.find(key)
+    if at < 0:
+        return None
+    begin = at + len(key)
+    end = line.find(stop, begin)
+    return line[begin:end].decode("ascii", "replace") if end > begin else None

@@ -1,10 +1,12 @@
-"""Group commit: the gateway's audit events written by one thread, in batches.
+"""Group commit: the gateway's audit events written by one task, in batches.
 
-Request handlers hand events to the writer and await them; the writer thread takes
-whatever has queued up, appends it with one ``write`` and (with ``fsync = "always"``)
-one sync, then wakes every waiter of the batch with one call into its event loop. Under
-load a batch holds many events, so the disk's cost is shared; the event loop never waits
-on the disk itself.
+Request handlers hand events to the writer and await them. The writer task, on the
+gateway's own event loop, takes whatever has queued up and appends it with one
+``write``; every waiter of the batch is then woken. Under load a batch holds many
+events, so the disk's cost is shared. Syncs run on a thread of their own, so the event
+loop never waits on the disk: with ``fsync = "always"`` the whole batch (write and
+sync) goes to that thread and its waiters wait for it, while new events queue up for the
+next batch; otherwise the loop only copies the batch into the kernel.
 
 Durability by ``fsync`` mode, on power failure (a killed process loses nothing in any
 mode: an acknowledged event is in the kernel):
@@ -30,11 +32,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from agentzt.audit.checkpoint import Seal
-from agentzt.audit.log import AuditLog, Draft
+from agentzt.audit.log import AuditLog, Draft, Written
 from agentzt.errors import AuditWriteError
 
 __all__ = ["FSYNC_MODES", "AuditWriter"]
@@ -43,22 +44,17 @@ log = logging.getLogger("agentzt.audit")
 
 FSYNC_MODES: Final = ("always", "batch", "never")
 _RETRY_SECONDS: Final = 1.0
-Result = dict[str, Any] | AuditWriteError
-
-
-@dataclass(slots=True)
-class _Entry:
-    draft: Draft
-    future: asyncio.Future[dict[str, Any]] | concurrent.futures.Future[dict[str, Any]]
-    loop: asyncio.AbstractEventLoop | None
+Result = Written | AuditWriteError
+Pending = tuple[Draft, "asyncio.Future[None]"]
 
 
 class AuditWriter:
-    """Appends events to an ``AuditLog`` on its own thread; see the module docstring.
+    """Appends events to an ``AuditLog`` from a task on the event loop that first uses it.
 
-    ``record`` is for coroutines, ``submit`` returns a ``concurrent.futures.Future``, and
-    ``append`` waits for it. Events are written in the order they were handed over.
-    ``close`` writes what is queued, syncs, seals a final checkpoint and closes the log.
+    ``record`` (a coroutine) and ``submit`` (an asyncio future) are for that loop;
+    ``append`` is for other threads and for code that runs before any loop. Events are
+    written in the order they were handed over. ``aclose`` (or ``close`` from another
+    thread) writes what is queued, syncs, seals a final checkpoint and closes the log.
     """
 
     def __init__(
@@ -82,19 +78,25 @@ class AuditWriter:
         self._every_events = checkpoint_every_events
         self._every_seconds = checkpoint_every_seconds
         self._monotonic = monotonic
-        self._cond = threading.Condition()
-        self._queue: list[_Entry] = []
+        # One thread for everything that waits on the disk, so those jobs never overlap.
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentzt-audit")
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending: list[Pending] = []
         self._closing = False
+        self._closed = False
         self._failing = False
         self._seal_failing = False
         now = monotonic()
         self._synced_at = now
+        self._syncing: asyncio.Future[None] | None = None
+        self._sealing: asyncio.Future[None] | None = None
         self._sealed_seq = audit_log.seq if seal is None else seal.sealed_seq
         self._sealed_at = now
         self._seal_retry_at = 0.0
         self._rotate_retry_at = 0.0
-        self._thread = threading.Thread(target=self._run, name="agentzt-audit", daemon=True)
-        self._thread.start()
 
     @property
     def log(self) -> AuditLog:
@@ -108,28 +110,31 @@ class AuditWriter:
     def head_hash(self) -> str:
         return self._log.head_hash
 
-    async def record(self, *drafts: Draft) -> list[dict[str, Any]]:
-        """Write ``drafts`` in order; return the events once they are durable enough.
+    async def record(self, *drafts: Draft) -> None:
+        """Write ``drafts`` in order; return once they are as durable as the mode says.
 
         Raises ``AuditWriteError`` (the first one) if any of them could not be written.
         """
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[dict[str, Any]]] = [loop.create_future() for _ in drafts]
-        self._enqueue([_Entry(d, f, loop) for d, f in zip(drafts, futures, strict=True)])
+        futures = [self.submit(draft) for draft in drafts]
         if len(futures) == 1:
-            return [await futures[0]]
+            await futures[0]
+            return
         results = await asyncio.gather(*futures, return_exceptions=True)
-        events: list[dict[str, Any]] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-            events.append(result)
-        return events
 
-    def submit(self, draft: Draft) -> concurrent.futures.Future[dict[str, Any]]:
-        """Hand ``draft`` over; the future holds its event or its ``AuditWriteError``."""
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        self._enqueue([_Entry(draft, future, None)])
+    def submit(self, draft: Draft) -> asyncio.Future[None]:
+        """Hand ``draft`` over from the event loop; the future fails with
+        ``AuditWriteError`` if it cannot be written."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._closing or self._closed:
+            future.set_exception(AuditWriteError(f"audit log {self._log.path} is closed"))
+            return future
+        wake = self._start(loop)
+        self._pending.append((draft, future))
+        wake.set()
         return future
 
     def append(
@@ -145,80 +150,134 @@ class AuditWriter:
         status: int,
         latency_ms: float,
         meta: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Write one event and wait for it (for callers outside an event loop)."""
+    ) -> None:
+        """Write one event and wait for it, from outside the writer's event loop."""
         draft = Draft(
             request_id, agent_id, role, action, resource, decision, reason, status, latency_ms, meta
         )
-        return self.submit(draft).result()
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            _not_on(loop, "append")
+            asyncio.run_coroutine_threadsafe(self.record(draft), loop).result()
+            return
+        if self._closing or self._closed:
+            raise AuditWriteError(f"audit log {self._log.path} is closed")
+        result = self._log.append_batch([draft])[0]
+        if isinstance(result, AuditWriteError):
+            raise result
+        self._housekeeping_here()
+
+    def _housekeeping_here(self) -> None:
+        """What the writer task does between batches, for ``append`` with no loop."""
+        now = self._monotonic()
+        if self._fsync == "batch" and now >= self._synced_at + self._fsync_interval:
+            self._synced_at = now
+            self._log.sync()
+        try:
+            self._log.rotate_if_due()
+        except AuditWriteError as exc:
+            log.error("%s", exc.detail)
+        seq = self._log.seq
+        due = seq - max(self._sealed_seq, 0) >= self._every_events or (
+            now >= self._sealed_at + self._every_seconds
+        )
+        if self._seal is not None and seq > self._sealed_seq and due:
+            self._seal_at(seq, self._log.head_hash)
+            self._sealed_seq, self._sealed_at = seq, now
+
+    async def aclose(self) -> None:
+        """Write what is queued, sync, seal, and close the log. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._wake is not None and self._task is not None:
+            self._wake.set()
+            await self._task
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._disk, self._finish)
 
     def close(self) -> None:
-        """Write what is queued, sync, seal, and close the log. Closing twice is harmless."""
-        with self._cond:
+        """``aclose`` for code outside the writer's event loop."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            _not_on(loop, "close")
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result()
+            return
+        if not self._closed:
             self._closing = True
-            self._cond.notify()
-        self._thread.join()
-        self._log.close()
+            self._disk.submit(self._finish).result()
 
-    def _enqueue(self, entries: list[_Entry]) -> None:
-        with self._cond:
-            if self._closing:
-                error = AuditWriteError(f"audit log {self._log.path} is closed")
-                for entry in entries:
-                    _settle_here(entry, error)
-                return
-            self._queue.extend(entries)
-            self._cond.notify()
+    def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        if self._wake is not None and self._loop is loop:
+            return self._wake
+        with self._lock:
+            if self._loop is not None and self._loop is not loop:
+                raise RuntimeError("an AuditWriter serves the one event loop it started on")
+            self._loop = loop
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="agentzt-audit-writer")
+        return self._wake
 
-    # --- the writer thread ---------------------------------------------------------------
+    # --- the writer task -------------------------------------------------------------------
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
+        assert self._wake is not None
+        wake = self._wake
+        loop = asyncio.get_running_loop()
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    wait = self._until_due()
-                    if wait is not None and wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                batch, self._queue = self._queue, []
-                closing = self._closing
+            if not self._pending and not self._closing:
+                wait = self._until_due()
+                if wait is None:
+                    await wake.wait()
+                elif wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), wait)
+                else:
+                    # Due now: still let the loop run once, or a job on the disk thread
+                    # could never report back.
+                    await asyncio.sleep(0)
+                wake.clear()
+            batch, self._pending = self._pending, []
             if batch:
-                self._commit(batch)
+                await self._commit(loop, batch)
             try:
-                self._housekeeping(closing)
-            except Exception:  # the thread must outlive any bug in housekeeping
+                await self._housekeeping(loop)
+            except Exception:  # the writer must outlive any bug in housekeeping
                 log.exception("audit housekeeping failed")
-            if closing:
-                with self._cond:
-                    if not self._queue:
-                        return
+            if self._closing and not self._pending:
+                for job in (self._syncing, self._sealing):
+                    if job is not None:
+                        await asyncio.wait([job])
+                return
 
-    def _commit(self, batch: list[_Entry]) -> None:
+    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
+        drafts = [draft for draft, _ in batch]
         results: list[Result]
         try:
-            results = self._log.append_batch([entry.draft for entry in batch])
+            if self._fsync == "always":
+                # Write and sync on the disk thread; events arriving meanwhile form the
+                # next batch (group commit).
+                results = await loop.run_in_executor(self._disk, self._log.append_batch, drafts)
+            else:
+                results = self._log.append_batch(drafts)
         except AuditWriteError as exc:
             results = [exc] * len(batch)
         except Exception as exc:  # fail closed on a bug, too
             log.exception("audit write failed unexpectedly")
             results = [AuditWriteError(f"audit write failed: {type(exc).__name__}")] * len(batch)
         self._note_health(results)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Entry, Result]]] = {}
-        for entry, result in zip(batch, results, strict=True):
-            if entry.loop is None:
-                _settle_here(entry, result)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # its waiter was cancelled; the event is written all the same
+            if isinstance(result, AuditWriteError):
+                future.set_exception(result)
             else:
-                by_loop.setdefault(entry.loop, []).append((entry, result))
-        for loop, settled in by_loop.items():
-            # One wake-up per event loop for the whole batch; a closed loop has nobody
-            # waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle_all, settled)
+                future.set_result(None)
 
     def _note_health(self, results: list[Result]) -> None:
         """Say once when the log stops taking events and once when it takes them again."""
         failed = next((r for r in results if isinstance(r, AuditWriteError)), None)
-        written = any(isinstance(r, dict) for r in results)
+        written = any(isinstance(r, Written) for r in results)
         if failed is not None and not written and not self._failing:
             self._failing = True
             log.error("audit log unavailable, refusing requests: %s", failed.detail)
@@ -230,74 +289,113 @@ class AuditWriter:
         """Seconds until housekeeping has something to do; None for nothing pending."""
         now = self._monotonic()
         due: list[float] = []
-        if self._fsync == "batch" and self._log.seq > self._log.synced_seq:
+        # A job already running on the disk thread reports back by itself.
+        if (
+            self._fsync == "batch"
+            and self._syncing is None
+            and self._log.seq > self._log.synced_seq
+        ):
             due.append(self._synced_at + self._fsync_interval)
-        if self._seal is not None and self._log.seq > self._sealed_seq:
+        if self._seal is not None and self._sealing is None and self._log.seq > self._sealed_seq:
             due.append(max(self._sealed_at + self._every_seconds, self._seal_retry_at))
         return min(due) - now if due else None
 
-    def _housekeeping(self, closing: bool) -> None:
+    async def _housekeeping(self, loop: asyncio.AbstractEventLoop) -> None:
         now = self._monotonic()
-        batch_due = self._fsync == "batch" and now >= self._synced_at + self._fsync_interval
-        # Every mode syncs at shutdown.
-        if self._log.seq > self._log.synced_seq and (closing or batch_due):
+        if (
+            self._fsync == "batch"
+            and self._syncing is None
+            and self._log.seq > self._log.synced_seq
+            and now >= self._synced_at + self._fsync_interval
+        ):
             self._synced_at = now
+            self._syncing = loop.run_in_executor(self._disk, self._log.sync)
+            self._syncing.add_done_callback(self._synced)
+        if self._log.size >= self._log.max_file_bytes and now >= self._rotate_retry_at:
             try:
-                self._log.sync()
-            except AuditWriteError as exc:
-                # The log now refuses appends until a sync succeeds.
-                log.error("%s", exc.detail)
-        if now >= self._rotate_retry_at:
-            try:
-                self._log.rotate_if_due()
+                await loop.run_in_executor(self._disk, self._log.rotate_if_due)
             except AuditWriteError as exc:
                 self._rotate_retry_at = now + _RETRY_SECONDS
                 log.error("%s", exc.detail)
-        self._maybe_seal(now, closing)
+        self._maybe_seal(loop, now)
 
-    def _maybe_seal(self, now: float, closing: bool) -> None:
-        seal = self._seal
-        seq = self._log.seq
-        if seal is None or seq <= self._sealed_seq:
+    def _synced(self, job: asyncio.Future[None]) -> None:
+        self._syncing = None
+        self._rethink()
+        error = None if job.cancelled() else job.exception()
+        if isinstance(error, AuditWriteError):
+            # The log now refuses appends until a sync succeeds.
+            log.error("%s", error.detail)
+
+    def _rethink(self) -> None:
+        """A disk job finished: let the writer work out what is due next."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def _maybe_seal(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        seal, seq = self._seal, self._log.seq
+        if seal is None or seq <= self._sealed_seq or self._sealing is not None:
             return
-        due = (
-            closing
-            or seq - max(self._sealed_seq, 0) >= self._every_events
-            or now >= self._sealed_at + self._every_seconds
+        due = seq - max(self._sealed_seq, 0) >= self._every_events or (
+            now >= self._sealed_at + self._every_seconds
         )
-        if not due or (now < self._seal_retry_at and not closing):
+        if not due or now < self._seal_retry_at:
             return
-        try:
-            # IMPORTANT: a checkpoint covers only events on stable storage, so a power
-            # cut can never leave the log behind its own checkpoint.
-            self._log.sync()
-            seal.write(seq, self._log.head_hash)
-        except (AuditWriteError, OSError) as exc:
+        head = self._log.head_hash
+        self._sealing = loop.run_in_executor(self._disk, self._seal_at, seq, head)
+
+        def sealed(job: asyncio.Future[None]) -> None:
+            self._sealing = None
+            self._rethink()
+            error = None if job.cancelled() else job.exception()
+            if error is None:
+                if self._seal_failing:
+                    self._seal_failing = False
+                    log.warning("audit checkpoint written again at seq %d", seq)
+                self._sealed_seq, self._sealed_at = seq, now
+                return
             self._seal_retry_at = now + _RETRY_SECONDS
             # Said once, then retried quietly; success is said again.
             say = log.debug if self._seal_failing else log.error
-            say("audit checkpoint not written: %s", exc)
+            say("audit checkpoint not written: %s", error)
             self._seal_failing = True
+
+        self._sealing.add_done_callback(sealed)
+
+    # --- on the disk thread ----------------------------------------------------------------
+
+    def _seal_at(self, seq: int, head: str) -> None:
+        """Sign a checkpoint of ``(seq, head)``; raises ``OSError`` or ``AuditWriteError``.
+
+        IMPORTANT: the log is synced first, so a checkpoint covers only events on stable
+        storage and a power cut can never leave the log behind its own checkpoint.
+        """
+        assert self._seal is not None
+        self._log.sync()
+        self._seal.write(seq, head)
+
+    def _finish(self) -> None:
+        """The last job: sync, seal what is not sealed yet, close the log."""
+        if self._closed:
             return
-        if self._seal_failing:
-            self._seal_failing = False
-            log.warning("audit checkpoint written again at seq %d", seq)
-        self._sealed_seq, self._sealed_at = seq, now
+        try:
+            if self._log.seq > self._log.synced_seq:
+                self._log.sync()
+            if self._seal is not None and self._log.seq > self._seal.sealed_seq:
+                self._seal_at(self._log.seq, self._log.head_hash)
+        except (AuditWriteError, OSError) as exc:
+            log.error("audit log not sealed at shutdown: %s", exc)
+        finally:
+            self._closed = True
+            self._log.close()
+            self._disk.shutdown(wait=False)
 
 
-def _settle_here(entry: _Entry, result: Result) -> None:
-    future = entry.future
-    if future.done():
-        return
+def _not_on(loop: asyncio.AbstractEventLoop, name: str) -> None:
+    """Waiting for the writer's loop from inside that loop would wait forever."""
     try:
-        if isinstance(result, AuditWriteError):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-    except (concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
-        pass  # cancelled meanwhile
-
-
-def _settle_all(settled: list[tuple[_Entry, Result]]) -> None:
-    for entry, result in settled:
-        _settle_here(entry, result)
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if running is loop:
+        raise RuntimeError(f"AuditWriter.{name}() blocks; on its event loop use the coroutine")

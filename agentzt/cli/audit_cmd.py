@@ -96,20 +96,20 @@ def since_timestamp(text: str, now: float | None = None) -> str:
     such as ``30m``, ``2h``, ``7d``; returned in the log's own ``ts`` form, which
     compares as text."""
     relative = _RELATIVE.fullmatch(text)
-    if relative is not None:
-        seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
-        moment = datetime.fromtimestamp((now or time.time()) - seconds, UTC)
-    else:
-        try:
+    try:
+        if relative is not None:
+            seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
+            moment = datetime.fromtimestamp((now or time.time()) - seconds, UTC)
+        else:
             moment = datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
-            raise UsageError(
-                f"--since {text!r} is not a time: use e.g. 2026-11-22T08:00:00Z, "
-                "2026-11-22, 30m, 2h or 7d"
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(
+            f"--since {text!r} is not a time this log can hold: use e.g. "
+            "2026-11-22T08:00:00Z, 2026-11-22, 30m, 2h or 7d"
+        ) from None
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -178,7 +178,7 @@ def _follow(
     for line in live.lines():
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(event, dict):
             show(event)
@@ -216,6 +216,9 @@ def audit_cmd(
         return
     if checkpoint and not verify:
         raise UsageError("--checkpoint goes with --verify")
+    for kept in checkpoint or []:
+        if not kept.is_file():
+            raise UsageError(f"--checkpoint {kept}: no such file")
     if verify:
         _verify(ctx, checkpoint or [])
         return
@@ -265,7 +268,7 @@ def export_cmd(
         if start is not None:
             try:
                 ts = json.loads(line).get("ts")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 continue
             if not isinstance(ts, str) or ts < start:
                 continue

@@ -18,6 +18,7 @@ from agentzt.audit import (
 )
 from agentzt.audit.checkpoint import LOG_DIR_NAME, CheckpointError
 from agentzt.audit.correlate import load_or_create_key
+from agentzt.audit.segments import hash_at
 from agentzt.config import AuditSettings, Paths
 from agentzt.errors import AuditChainError, AuditWriteError, ConfigError
 from agentzt.identity.signed_note import (
@@ -49,7 +50,7 @@ def open_audit_trail(
         signer = load_or_create_note_signer(paths.checkpoint_key)
         places = checkpoint_files(paths.audit_log, witness, signer.verifier.name)
         seal = Seal(signer, signer.verifier, places, clock)
-        seal.check_start(audit_log.seq, audit_log.head_hash)
+        seal.check_start(audit_log.seq, audit_log.head_hash, lambda n: hash_at(paths.audit_log, n))
     except CheckpointError as exc:
         audit_log.close()
         raise AuditWriteError(str(exc)) from exc

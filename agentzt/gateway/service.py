@@ -136,7 +136,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self.guard.aclose()
         await self.upstream.aclose()
-        self.audit.close()
+        await self.audit.aclose()
         self.ledger.close()
         self.replay.close()
 

@@ -33,7 +33,7 @@ log = logging.getLogger("agentzt.gateway")
 Event = tuple[str, dict[str, Any]]
 # Called once with (outcome, meta) when the stream ends: hands the outcome event to the
 # audit writer; the future fails with AuditWriteError if it cannot be written.
-Finish = Callable[[str, dict[str, Any]], Future[dict[str, Any]]]
+Finish = Callable[[str, dict[str, Any]], "asyncio.Future[None] | Future[Any]"]
 TEXT_FIELDS = {"text_delta": "text", "thinking_delta": "thinking"}
 
 
@@ -70,8 +70,8 @@ class StreamGuard:
             return
         self.finished = True
 
-        def report(written: Future[dict[str, Any]]) -> None:
-            error = written.exception()
+        def report(written: asyncio.Future[None] | Future[Any]) -> None:
+            error = None if written.cancelled() else written.exception()
             if isinstance(error, AuditWriteError):
                 log.error("audit write failed for a stream that ended %s: %s", outcome, error)
 

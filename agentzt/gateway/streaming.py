@@ -9,9 +9,9 @@ connection) is an ordinary error answer instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future
 from typing import Any
 
 import anyio
@@ -69,7 +69,7 @@ async def open_stream(gw: Gateway, request: Request, call: Call, body: dict[str,
     # Registered last, so it runs first: the slot is free before the upstream is closed.
     stack.callback(release)
 
-    def finish(outcome: str, meta: dict[str, Any]) -> Future[dict[str, Any]]:
+    def finish(outcome: str, meta: dict[str, Any]) -> asyncio.Future[None]:
         decision = "allow" if outcome == "completed" else "deny"
         reason = f"stream {outcome.replace('_', ' ')}"
         meta = {"outcome": outcome, **meta}
