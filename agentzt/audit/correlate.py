@@ -10,6 +10,7 @@ same digest to search with.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import os
 import secrets
@@ -26,14 +27,19 @@ _KEY_BYTES: Final = 32
 class Correlator:
     """``correlator(value)`` is the hex HMAC-SHA256 of ``value`` under the gateway's key."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_cached", "_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < _KEY_BYTES:
             raise ValueError(f"an audit HMAC key is at least {_KEY_BYTES} bytes")
         self._key = key
+        # A token is presented on every call of its session: remember the last few.
+        self._cached = functools.lru_cache(maxsize=4096)(self._digest)
 
     def __call__(self, value: str) -> str:
+        return self._cached(value)
+
+    def _digest(self, value: str) -> str:
         return hmac.digest(self._key, value.encode("utf-8", "surrogatepass"), "sha256").hex()
 
     def __repr__(self) -> str:

@@ -100,6 +100,8 @@ class Follower:
         self._poll = poll_seconds
         self._stream = _open(path)
         self._identity: tuple[int, int] | None = None
+        # With no active file yet, "from now on" is every archive not already there.
+        self._before = {_identity(a) for a in archives(path)} if self._stream is None else set()
         if self._stream is not None:
             self._stream.seek(0, os.SEEK_END)
             self._identity = _fstat_identity(self._stream)
@@ -150,6 +152,8 @@ class Follower:
                 break
             # Rotated again between the open and the listing: look once more.
             stream.close()
+        if self._identity is None:
+            return stream, identity, [a for a, found in sealed if found not in self._before]
         after = [i for i, (_, found) in enumerate(sealed) if found == self._identity]
         start = after[0] + 1 if after else len(sealed)
         return stream, identity, [a for a, _ in sealed[start:]]

@@ -87,6 +87,7 @@ class AuditWriter:
         self._pending: list[Pending] = []
         self._closing = False
         self._closed = False
+        self._busy = False
         self._failing = False
         self._seal_failing = False
         now = monotonic()
@@ -115,6 +116,11 @@ class AuditWriter:
 
         Raises ``AuditWriteError`` (the first one) if any of them could not be written.
         """
+        if self._fsync != "always" and not self._pending and not self._busy and not self._closing:
+            # The common case: nothing queued and no sync to wait for, so the lines go
+            # to the kernel right here, with no hand-over to the writer task.
+            self._write_now(asyncio.get_running_loop(), list(drafts))
+            return
         futures = [self.submit(draft) for draft in drafts]
         if len(futures) == 1:
             await futures[0]
@@ -136,6 +142,44 @@ class AuditWriter:
         self._pending.append((draft, future))
         wake.set()
         return future
+
+    def _write_now(self, loop: asyncio.AbstractEventLoop, drafts: list[Draft]) -> None:
+        wake = self._start(loop)
+        try:
+            results = self._log.append_batch(drafts)
+        except AuditWriteError as exc:
+            results = [exc]
+        except Exception as exc:  # fail closed on a bug, too
+            log.exception("audit write failed unexpectedly")
+            results = [AuditWriteError(f"audit write failed: {type(exc).__name__}")]
+        self._note_health(results)
+        if self._housekeeping_due():
+            wake.set()
+        for result in results:
+            if isinstance(result, AuditWriteError):
+                raise result
+
+    def _housekeeping_due(self) -> bool:
+        """Whether the writer task has a sync, a rotation or a checkpoint to start now."""
+        seq, now = self._log.seq, self._monotonic()
+        return (
+            self._log.size >= self._log.max_file_bytes
+            or (
+                self._fsync == "batch"
+                and self._syncing is None
+                and seq > self._log.synced_seq
+                and now >= self._synced_at + self._fsync_interval
+            )
+            or (
+                self._seal is not None
+                and self._sealing is None
+                and seq > self._sealed_seq
+                and (
+                    seq - max(self._sealed_seq, 0) >= self._every_events
+                    or now >= self._sealed_at + self._every_seconds
+                )
+            )
+        )
 
     def append(
         self,
@@ -238,12 +282,16 @@ class AuditWriter:
                     await asyncio.sleep(0)
                 wake.clear()
             batch, self._pending = self._pending, []
-            if batch:
-                await self._commit(loop, batch)
+            # While busy, record() queues instead of writing inline, so order holds.
+            self._busy = True
             try:
+                if batch:
+                    await self._commit(loop, batch)
                 await self._housekeeping(loop)
             except Exception:  # the writer must outlive any bug in housekeeping
                 log.exception("audit housekeeping failed")
+            finally:
+                self._busy = False
             if self._closing and not self._pending:
                 for job in (self._syncing, self._sealing):
                     if job is not None:

@@ -7,6 +7,7 @@ time and memory around the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -36,7 +37,7 @@ BENCH_POLICY = """
 models = ["claude-sonnet-4-6"]
 tools = ["kb.search"]
 [roles.bench-agent.limits]
-requests_per_minute = 100000000
+requests_per_minute = 1000000
 max_output_tokens = 1024
 """
 # A benchmark agent asks for far more tokens than any real one; every other control
@@ -94,11 +95,29 @@ def wait_ready(url: str, timeout: float = 30.0, tls: ssl.SSLContext | None = Non
 
 @contextmanager
 def processes(*argvs: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The servers, their output kept out of the report; if one does not come up, the
+    error names its last words."""
     procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as files:
+        logs = [files.enter_context(tempfile.TemporaryFile()) for _ in argvs]
+        with _stopping(procs):
+            for argv, output in zip(argvs, logs, strict=True):
+                procs.append(subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT))
+            try:
+                yield procs
+            except RuntimeError as exc:
+                said = []
+                for output in logs:
+                    output.seek(0)
+                    lines = output.read().decode(errors="replace").strip().splitlines()
+                    said += lines[-1:]
+                raise RuntimeError(f"{exc}: {' / '.join(said)}") from exc
+
+
+@contextmanager
+def _stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
     try:
-        for argv in argvs:
-            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
-        yield procs
+        yield
     finally:
         for p in procs:
             p.terminate()

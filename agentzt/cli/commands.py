@@ -2,6 +2,7 @@
 
 from agentzt.cli import (
     audit_cmd,
+    bench_cmd,
     demo_cmd,
     elevate_cmd,
     identity_cmds,
@@ -12,6 +13,7 @@ from agentzt.cli import (
 
 __all__ = [
     "audit_cmd",
+    "bench_cmd",
     "demo_cmd",
     "elevate_cmd",
     "identity_cmds",

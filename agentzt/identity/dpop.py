@@ -86,12 +86,11 @@ class Prover:
 
     def __init__(self, key: SigningKey, new_jti: Callable[[], str]) -> None:
         public = key.public
-        self._key = key
         self._new_jti = new_jti
-        self._headers = {
-            "typ": "dpop+jwt",
-            "jwk": {"kty": "OKP", "crv": "Ed25519", "x": public.b64url},
-        }
+        self._signer = jws.CompactSigner(
+            key,
+            {"typ": "dpop+jwt", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": public.b64url}},
+        )
 
     def proof(self, method: str, url: str, *, now: float, access_token: str | None = None) -> str:
         claims: dict[str, Any] = {
@@ -102,7 +101,7 @@ class Prover:
         }
         if access_token is not None:
             claims["ath"] = token_hash(access_token)
-        return jws.encode(claims, self._key, headers=self._headers)
+        return self._signer.sign(claims)
 
 
 class ProofVerifier:

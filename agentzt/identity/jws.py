@@ -96,6 +96,28 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
+class CompactSigner:
+    """Signs many compact JWSs with one key under one header, such as a DPoP prover's:
+    the header's segment is encoded once, at start-up, not per proof."""
+
+    __slots__ = ("_head", "_key")
+
+    def __init__(self, key: SigningKey, headers: Mapping[str, Any]) -> None:
+        header = json.dumps({"alg": ALGORITHM, **headers}, separators=(",", ":"), sort_keys=True)
+        self._head = _b64url_encode(header.encode("utf-8")) + b"."
+        self._key = key
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        payload = json.dumps(claims, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        signing_input = self._head + _b64url_encode(payload)
+        signature = _b64url_encode(self._key.sign(signing_input))
+        return (signing_input + b"." + signature).decode("ascii")
+
+
+def _b64url_encode(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def encode(claims: Mapping[str, Any], key: SigningKey, *, headers: Mapping[str, Any]) -> str:
     payload = json.dumps(claims, separators=(",", ":"), allow_nan=False).encode("utf-8")
     return _JWS.encode(payload, key, algorithm=ALGORITHM, headers=dict(headers))  # type: ignore[arg-type]
