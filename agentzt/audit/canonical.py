@@ -33,6 +33,11 @@ EVENT_FIELDS: Final = frozenset(
 )
 """Exactly the fields of one audit event (PROTOCOL.md, "Audit log")."""
 
+# One encoder for every event: json.dumps with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
 MAX_LINE_BYTES: Final = 1 << 20
 """The longest line (newline included) the writer produces and the readers accept.
 
@@ -47,14 +52,7 @@ def canonical_json(obj: Any) -> bytes:
     cannot be encoded as UTF-8 (lone surrogates), and ``TypeError`` for values JSON
     cannot represent.
     """
-    text = json.dumps(
-        obj,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return text.encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, event_without_hash: Mapping[str, Any]) -> str:

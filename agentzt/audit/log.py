@@ -17,6 +17,7 @@ new one begins with an ``audit.rotated`` event naming the previous file and its 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -516,17 +517,32 @@ def _build(draft: Draft, seq: int, ts: str, prev_hash: str) -> tuple[bytes, str]
 
 def _string_keys(value: object) -> bool:
     """Whether every object key in ``value`` is a string (what JSON keeps as it is)."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_string_keys(v) for v in value)
+    # A loop, not recursion: it runs on every event, and on any depth of meta.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if type(key) is not str:
+                    return False
+                if isinstance(inner, dict | list | tuple):
+                    stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(v for v in item if isinstance(v, dict | list | tuple))
     return True
 
 
 def _rfc3339_utc(timestamp: float) -> str:
     """Format POSIX seconds as RFC 3339 UTC with milliseconds, e.g. 2025-01-31T12:00:00.123Z."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Rounded to the microsecond first, as datetime.fromtimestamp does.
+    seconds, micros = divmod(round(timestamp * 1_000_000), 1_000_000)
+    return f"{_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    # Every event in the same second shares this part: formatted once, not per event.
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _make_private_dirs(directory: Path) -> None:
