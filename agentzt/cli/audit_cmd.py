@@ -25,7 +25,6 @@ from agentzt.cli import app, paths_of
 from agentzt.cli.output import console
 from agentzt.config import load_gateway_settings
 from agentzt.errors import AuditChainError, UsageError
-from agentzt.gateway.audit_trail import verify_trail
 
 # C0 and C1 control characters, which could drive the operator's terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -114,6 +113,9 @@ def since_timestamp(text: str, now: float | None = None) -> str:
 
 
 def _verify(ctx: typer.Context, checkpoints: list[Path]) -> None:
+    # Imported here: every agentzt process (the client proxy too) loads this module.
+    from agentzt.gateway.audit_trail import verify_trail
+
     paths = paths_of(ctx)
     settings = load_gateway_settings(paths.gateway_toml).audit
     try:

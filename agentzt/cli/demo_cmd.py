@@ -28,11 +28,8 @@ from agentzt.cli.audit_cmd import events_table
 from agentzt.cli.output import console
 from agentzt.config import Paths, TlsSettings, load_gateway_settings
 from agentzt.errors import AgentztError, ConfigError
-from agentzt.gateway import Gateway, create_app
-from agentzt.gateway.audit_trail import verify_trail
 from agentzt.identity import enroll, read_private_key
 from agentzt.policy import load_policy
-from agentzt.proxy import create_proxy_app
 from agentzt.server import bind, running, url_of
 from agentzt.tls import (
     TlsFiles,
@@ -132,6 +129,11 @@ def demo_cmd(
     ] = False,
 ) -> None:
     """Run the end-to-end demo on free loopback ports; exit 0 only if every step is as expected."""
+    # Imported here: every agentzt process (the client proxy too) loads this module.
+    from agentzt.gateway import Gateway, create_app
+    from agentzt.gateway.audit_trail import verify_trail
+    from agentzt.proxy import create_proxy_app
+
     bundle = demo_dir()
     agent = load_agent(bundle)
     with tempfile.TemporaryDirectory(prefix="agentzt-demo-") as tmp:
