@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,8 +93,7 @@ def main() -> None:
         )
     )
     if args.keep is None:
-        path.unlink()
-        directory.rmdir()
+        shutil.rmtree(directory)
 
 
 if __name__ == "__main__":
