@@ -66,24 +66,31 @@ def main() -> None:
     args = parser.parse_args()
     directory = args.keep or Path(tempfile.mkdtemp(prefix="agentzt-verify-"))
     path = directory / "gateway-audit.jsonl"
+    try:
+        _measure(path, args.events, args.workers)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(directory)
+
+
+def _measure(path: Path, events: int, workers: str) -> None:
     if not path.exists():
         started = time.perf_counter()
-        write_log(path, args.events)
+        write_log(path, events)
         took = time.perf_counter() - started
-        print(f"wrote {args.events} events in {took:.1f} s", file=sys.stderr)
+        print(f"wrote {events} events in {took:.1f} s", file=sys.stderr)
     out = subprocess.run(
-        [sys.executable, "-c", _VERIFY, str(path), str(args.workers)],
+        [sys.executable, "-c", _VERIFY, str(path), workers],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     result = json.loads(out)
-    size = path.stat().st_size
     print(
         json.dumps(
             {
                 "events": result["events"],
-                "bytes": size,
+                "bytes": path.stat().st_size,
                 "seconds": round(result["seconds"], 3),
                 "events_per_second": round(result["events"] / result["seconds"]),
                 "peak_rss_mib": round(result["rss_kib"] / 1024, 1),
@@ -92,8 +99,6 @@ def main() -> None:
             }
         )
     )
-    if args.keep is None:
-        shutil.rmtree(directory)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ pin the chain's size and head, so that cutting, emptying, rolling back or rewrit
 shows too.
 
 - ``AuditLog`` appends events to the file; one gateway process holds the log at a time.
-- ``AuditWriter`` writes them on a thread of its own, in batches (group commit).
+- ``AuditWriter`` writes them for the gateway's event loop, in batches (group commit),
+  leaving every wait on the disk to a thread of its own.
 - ``Seal`` signs checkpoints and checks, at start-up, that the log extends them.
 - ``verify_chain`` checks the whole chain and its checkpoints and raises
   ``AuditChainError`` at the first bad ``seq``.

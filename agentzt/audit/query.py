@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from agentzt.audit.canonical import iter_lines
+from agentzt.audit.canonical import MAX_LINE_BYTES, iter_lines
 from agentzt.audit.segments import archives, segments
 
-__all__ = ["Follower", "iter_log_lines", "read_events"]
+__all__ = ["Follower", "iter_log_lines", "matcher", "read_events"]
 
 
 def iter_log_lines(path: Path) -> Iterator[bytes]:
@@ -59,7 +59,7 @@ def read_events(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must not be negative, not {limit}")
     matches: deque[dict[str, Any]] = deque(maxlen=limit)
-    match = _matcher(request_id=request_id, agent_id=agent_id, task=task, since=since)
+    match = matcher(request_id=request_id, agent_id=agent_id, task=task, since=since)
     for line in iter_log_lines(path):
         event = _event(line)
         if event is not None and match(event):
@@ -67,9 +67,15 @@ def read_events(
     return list(matches)
 
 
-def _matcher(
-    *, request_id: str | None, agent_id: str | None, task: str | None, since: str | None
+def matcher(
+    *,
+    request_id: str | None = None,
+    agent_id: str | None = None,
+    task: str | None = None,
+    since: str | None = None,
 ) -> Callable[[dict[str, Any]], bool]:
+    """The filter ``read_events`` applies, for a reader of its own (``--follow``)."""
+
     def match(event: dict[str, Any]) -> bool:
         if request_id is not None and event.get("request_id") != request_id:
             return False
@@ -91,8 +97,11 @@ def _matcher(
 class Follower:
     """The lines appended to a log from the moment this is made on, across rotations.
 
-    Polls the active file; when it is replaced (a rotation), the rest of the old file is
-    read before the new active file is followed from its start.
+    Polls the active file from the offset after the last complete line it gave, and
+    never holds a partial line: a line cut off by a crash and quarantined at the next
+    start is never stitched to what follows. When the active file is replaced (a
+    rotation), the rest of the old file and every file sealed since are read before the
+    new active file is followed from its start.
     """
 
     def __init__(self, path: Path, *, poll_seconds: float = 0.2) -> None:
@@ -100,22 +109,22 @@ class Follower:
         self._poll = poll_seconds
         self._stream = _open(path)
         self._identity: tuple[int, int] | None = None
+        self._offset = 0
         # With no active file yet, "from now on" is every archive not already there.
         self._before = {_identity(a) for a in archives(path)} if self._stream is None else set()
         if self._stream is not None:
-            self._stream.seek(0, os.SEEK_END)
+            self._offset = os.fstat(self._stream.fileno()).st_size
             self._identity = _fstat_identity(self._stream)
 
     def lines(self, stop: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
         """Yield each complete line, newline included, until ``stop()`` is true."""
-        pending = b""
         try:
             while not stop():
-                chunk = self._stream.read(1 << 16) if self._stream is not None else b""
-                if chunk:
-                    *complete, pending = (pending + chunk).split(b"\n")
-                    yield from (line + b"\n" for line in complete)
-                    continue
+                if self._stream is not None:
+                    complete = self._read_complete()
+                    if complete:
+                        yield from complete
+                        continue
                 current = _identity(self._path)
                 if current is None or current == self._identity:
                     # Nothing new, or the path is between the two renames of a rotation.
@@ -124,20 +133,29 @@ class Follower:
                 # Rotated (maybe more than once), or created. The old file is finished:
                 # what was written to it after the last read comes first.
                 if self._stream is not None:
-                    *complete, _ = (pending + self._stream.read()).split(b"\n")
-                    yield from (line + b"\n" for line in complete)
+                    while complete := self._read_complete():
+                        yield from complete
                     self._stream.close()
                     self._stream = None
-                pending = b""
                 stream, identity, missed = self._next_file()
                 if stream is None:
                     continue
                 for archive in missed:
                     yield from _complete_lines(archive)
-                self._stream, self._identity = stream, identity
+                self._stream, self._identity, self._offset = stream, identity, 0
         finally:
             if self._stream is not None:
                 self._stream.close()
+
+    def _read_complete(self) -> list[bytes]:
+        """The complete lines after the offset, which moves past them."""
+        assert self._stream is not None
+        data = os.pread(self._stream.fileno(), MAX_LINE_BYTES, self._offset)
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return []
+        self._offset += end
+        return [line + b"\n" for line in data[: end - 1].split(b"\n")]
 
     def _next_file(self) -> tuple[IO[bytes] | None, tuple[int, int] | None, list[Path]]:
         """The active file, opened, and the archives sealed between the one followed so

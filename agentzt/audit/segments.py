@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["archive_path", "archives", "pending_path", "segments"]
+from agentzt.audit.canonical import MAX_LINE_BYTES
+
+__all__ = ["archive_path", "archives", "hash_at", "pending_path", "segments"]
 
 
 def archive_path(active: Path, last_seq: int) -> Path:
@@ -75,7 +77,7 @@ def hash_at(active: Path, seq: int, chunk: int = 1 << 16) -> str | None:
                     if int(found) < seq:
                         return None
                 end = start
-                if len(carry) > (1 << 20):
+                if len(carry) > MAX_LINE_BYTES:
                     return None
     return None
 

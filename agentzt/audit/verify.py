@@ -242,9 +242,8 @@ def _verify_range(planned: _Range, targets: frozenset[int]) -> _RangeResult:
     """Verify the lines of one byte range, chained on the line before it.
 
     The loop is the hot path of verification, so it does the least per line: find the
-    hash member, hash the rest, compare. The ``seq`` field is checked on the last line of
-    every block: with every hash linked to the previous one, lines in between cannot be
-    out of order without breaking the chain, and a line that does is then re-checked in
+    hash member, hash the rest, compare; then the few bytes the hash does not cover (the
+    member's closing quote), the framing and the seq. A line that fails is re-checked in
     full (``_check_line``) to say what is wrong with it.
     """
     seq, prev = planned.prev_seq, planned.prev_hash.encode()

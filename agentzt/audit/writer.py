@@ -1,12 +1,12 @@
-"""Group commit: the gateway's audit events written by one task, in batches.
+"""The gateway's audit events, written in order, with every wait on the disk off the loop.
 
-Request handlers hand events to the writer and await them. The writer task, on the
-gateway's own event loop, takes whatever has queued up and appends it with one
-``write``; every waiter of the batch is then woken. Under load a batch holds many
-events, so the disk's cost is shared. Syncs run on a thread of their own, so the event
-loop never waits on the disk: with ``fsync = "always"`` the whole batch (write and
-sync) goes to that thread and its waiters wait for it, while new events queue up for the
-next batch; otherwise the loop only copies the batch into the kernel.
+- ``batch`` and ``never`` (the usual case): a request's events are copied into the
+  kernel right where it awaits them, with one ``write``, as long as nothing is queued; the
+  loop never waits on the disk, only on that copy. Syncs, checkpoints and rotations run
+  on a thread of their own, started by a writer task on the loop when they fall due.
+- ``always``: events queue up for the writer task, which hands each batch (write and
+  sync) to that thread; the batch's waiters wait for the sync, while new events queue
+  up for the next batch (group commit), so concurrent requests share one sync.
 
 Durability by ``fsync`` mode, on power failure (a killed process loses nothing in any
 mode: an acknowledged event is in the kernel):
@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -88,28 +89,22 @@ class AuditWriter:
         self._closing = False
         self._closed = False
         self._busy = False
+        # Until when the writer task sleeps; an inline write that makes something due
+        # sooner wakes it.
+        self._sleeping_until = -math.inf
         self._failing = False
         self._seal_failing = False
         now = monotonic()
         self._synced_at = now
         self._syncing: asyncio.Future[None] | None = None
         self._sealing: asyncio.Future[None] | None = None
-        self._sealed_seq = audit_log.seq if seal is None else seal.sealed_seq
         self._sealed_at = now
         self._seal_retry_at = 0.0
         self._rotate_retry_at = 0.0
 
     @property
-    def log(self) -> AuditLog:
-        return self._log
-
-    @property
     def seq(self) -> int:
         return self._log.seq
-
-    @property
-    def head_hash(self) -> str:
-        return self._log.head_hash
 
     async def record(self, *drafts: Draft) -> None:
         """Write ``drafts`` in order; return once they are as durable as the mode says.
@@ -153,33 +148,13 @@ class AuditWriter:
             log.exception("audit write failed unexpectedly")
             results = [AuditWriteError(f"audit write failed: {type(exc).__name__}")]
         self._note_health(results)
-        if self._housekeeping_due():
+        due = self._due_at()
+        if due is not None and due < self._sleeping_until:
+            # The writer task sleeps past what this write made due: wake it to re-plan.
             wake.set()
         for result in results:
             if isinstance(result, AuditWriteError):
                 raise result
-
-    def _housekeeping_due(self) -> bool:
-        """Whether the writer task has a sync, a rotation or a checkpoint to start now."""
-        seq, now = self._log.seq, self._monotonic()
-        return (
-            self._log.size >= self._log.max_file_bytes
-            or (
-                self._fsync == "batch"
-                and self._syncing is None
-                and seq > self._log.synced_seq
-                and now >= self._synced_at + self._fsync_interval
-            )
-            or (
-                self._seal is not None
-                and self._sealing is None
-                and seq > self._sealed_seq
-                and (
-                    seq - max(self._sealed_seq, 0) >= self._every_events
-                    or now >= self._sealed_at + self._every_seconds
-                )
-            )
-        )
 
     def append(
         self,
@@ -221,13 +196,20 @@ class AuditWriter:
             self._log.rotate_if_due()
         except AuditWriteError as exc:
             log.error("%s", exc.detail)
-        seq = self._log.seq
-        due = seq - max(self._sealed_seq, 0) >= self._every_events or (
-            now >= self._sealed_at + self._every_seconds
-        )
-        if self._seal is not None and seq > self._sealed_seq and due:
-            self._seal_at(seq, self._log.head_hash)
-            self._sealed_seq, self._sealed_at = seq, now
+        seal, seq = self._seal, self._log.seq
+        if seal is None or seq <= seal.sealed_seq:
+            return
+        if (
+            seq - seal.sealed_seq >= self._every_events
+            or now >= self._sealed_at + self._every_seconds
+        ):
+            try:
+                self._seal_at(seq, self._log.head_hash)
+            except (AuditWriteError, OSError) as exc:
+                # The event is written; the checkpoint is tried again with the next one.
+                log.error("audit checkpoint not written: %s", exc)
+                return
+            self._sealed_at = now
 
     async def aclose(self) -> None:
         """Write what is queued, sync, seal, and close the log. Closing twice is harmless."""
@@ -249,6 +231,15 @@ class AuditWriter:
             return
         if not self._closed:
             self._closing = True
+            if self._pending:
+                # The loop that would have written these is gone; nobody awaits them,
+                # but they are written all the same.
+                pending, self._pending = self._pending, []
+                try:
+                    results = self._log.append_batch([draft for draft, _ in pending])
+                except AuditWriteError as exc:
+                    results = [exc]
+                self._note_health(results)
             self._disk.submit(self._finish).result()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
@@ -270,7 +261,9 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending and not self._closing:
-                wait = self._until_due()
+                due = self._due_at()
+                self._sleeping_until = math.inf if due is None else due
+                wait = None if due is None else due - self._monotonic()
                 if wait is None:
                     await wake.wait()
                 elif wait > 0:
@@ -280,9 +273,12 @@ class AuditWriter:
                     # Due now: still let the loop run once, or a job on the disk thread
                     # could never report back.
                     await asyncio.sleep(0)
+                self._sleeping_until = -math.inf
                 wake.clear()
             batch, self._pending = self._pending, []
-            # While busy, record() queues instead of writing inline, so order holds.
+            # While the task may await the disk thread (a rotation, an ``always`` batch),
+            # record() queues instead of writing inline: the queue keeps the order, and
+            # the loop never blocks on the log's lock held by that thread.
             self._busy = True
             try:
                 if batch:
@@ -305,7 +301,9 @@ class AuditWriter:
             if self._fsync == "always":
                 # Write and sync on the disk thread; events arriving meanwhile form the
                 # next batch (group commit).
-                results = await loop.run_in_executor(self._disk, self._log.append_batch, drafts)
+                # Shielded: if the loop is torn down meanwhile, the batch is still written.
+                job = loop.run_in_executor(self._disk, self._log.append_batch, drafts)
+                results = await asyncio.shield(job)
             else:
                 results = self._log.append_batch(drafts)
         except AuditWriteError as exc:
@@ -333,20 +331,26 @@ class AuditWriter:
             self._failing = False
             log.warning("audit log writable again at seq %d; serving", self._log.seq)
 
-    def _until_due(self) -> float | None:
-        """Seconds until housekeeping has something to do; None for nothing pending."""
-        now = self._monotonic()
+    def _due_at(self) -> float | None:
+        """When housekeeping next has something to do (monotonic time); None for never.
+
+        A rotation is due at once; a sync ``fsync_interval`` after the last; a checkpoint
+        ``checkpoint_every_seconds`` after the last, or at once after enough events. A job
+        already running on the disk thread reports back by itself.
+        """
+        log_ = self._log
         due: list[float] = []
-        # A job already running on the disk thread reports back by itself.
-        if (
-            self._fsync == "batch"
-            and self._syncing is None
-            and self._log.seq > self._log.synced_seq
-        ):
+        if log_.size >= log_.max_file_bytes:
+            due.append(self._rotate_retry_at)
+        if self._fsync == "batch" and self._syncing is None and log_.seq > log_.synced_seq:
             due.append(self._synced_at + self._fsync_interval)
-        if self._seal is not None and self._sealing is None and self._log.seq > self._sealed_seq:
-            due.append(max(self._sealed_at + self._every_seconds, self._seal_retry_at))
-        return min(due) - now if due else None
+        seal = self._seal
+        if seal is not None and self._sealing is None and log_.seq > seal.sealed_seq:
+            if log_.seq - seal.sealed_seq >= self._every_events:
+                due.append(self._seal_retry_at)
+            else:
+                due.append(max(self._sealed_at + self._every_seconds, self._seal_retry_at))
+        return min(due) if due else None
 
     async def _housekeeping(self, loop: asyncio.AbstractEventLoop) -> None:
         now = self._monotonic()
@@ -361,7 +365,7 @@ class AuditWriter:
             self._syncing.add_done_callback(self._synced)
         if self._log.size >= self._log.max_file_bytes and now >= self._rotate_retry_at:
             try:
-                await loop.run_in_executor(self._disk, self._log.rotate_if_due)
+                await asyncio.shield(loop.run_in_executor(self._disk, self._log.rotate_if_due))
             except AuditWriteError as exc:
                 self._rotate_retry_at = now + _RETRY_SECONDS
                 log.error("%s", exc.detail)
@@ -382,9 +386,9 @@ class AuditWriter:
 
     def _maybe_seal(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         seal, seq = self._seal, self._log.seq
-        if seal is None or seq <= self._sealed_seq or self._sealing is not None:
+        if seal is None or seq <= seal.sealed_seq or self._sealing is not None:
             return
-        due = seq - max(self._sealed_seq, 0) >= self._every_events or (
+        due = seq - seal.sealed_seq >= self._every_events or (
             now >= self._sealed_at + self._every_seconds
         )
         if not due or now < self._seal_retry_at:
@@ -400,7 +404,7 @@ class AuditWriter:
                 if self._seal_failing:
                     self._seal_failing = False
                     log.warning("audit checkpoint written again at seq %d", seq)
-                self._sealed_seq, self._sealed_at = seq, now
+                self._sealed_at = now
                 return
             self._seal_retry_at = now + _RETRY_SECONDS
             # Said once, then retried quietly; success is said again.

@@ -5,7 +5,7 @@
   and 1,000 roles and 10 and 100,000 enrolled agents.
 - ``token``: access-token verification, the first time (signature) and then (cached
   claims, keyed by the exact token string).
-- ``audit``: appending events through the writer thread, as the gateway does, with
+- ``audit``: appending events through the writer, as the gateway does, with
   concurrent waiters (group commit), in each fsync mode.
 
 Each figure is a per-call time in microseconds, the median over batches.

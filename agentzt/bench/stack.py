@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -61,14 +60,14 @@ class Chain:
 @dataclass
 class Result:
     load: dict[str, Any]
-    cpu_ms_per_1000: dict[str, float] = field(default_factory=dict)
+    cpu_s_per_1000: dict[str, float] = field(default_factory=dict)
     rss_mib: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **{k: v for k, v in self.load.items() if k != "timeline"},
             "timeline": self.load.get("timeline", []),
-            "cpu_s_per_1000": {k: round(v / 1000, 3) for k, v in self.cpu_ms_per_1000.items()},
+            "cpu_s_per_1000": {k: round(v, 3) for k, v in self.cpu_s_per_1000.items()},
             "rss_mib": self.rss_mib,
         }
 
@@ -221,10 +220,6 @@ def load(
     return result
 
 
-def wrk_available() -> bool:
-    return shutil.which("wrk") is not None
-
-
 def measure(
     chain: Chain,
     path: str,
@@ -262,11 +257,11 @@ def measure(
         stop.set()
         if sampler is not None:
             sampler.join()
-    total = max(1, int(result.get("total_requests", result["requests"])))
+    total = max(1, int(result["total_requests"]))
     measured = Result(result)
     for name, pid in chain.pids.items():
         used = cpu_seconds(pid) - before[name]
-        measured.cpu_ms_per_1000[name] = used * 1000 / total * 1000
+        measured.cpu_s_per_1000[name] = used / total * 1000
         now, peak = memory_mib(pid)
         measured.rss_mib[name] = {
             "start": round(start_rss[name], 1),

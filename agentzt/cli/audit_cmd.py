@@ -9,7 +9,6 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +19,7 @@ from rich.text import Text
 
 from agentzt.audit import Correlator, read_events
 from agentzt.audit.correlate import read_key
-from agentzt.audit.query import Follower, iter_log_lines
+from agentzt.audit.query import Follower, iter_log_lines, matcher
 from agentzt.cli import app, paths_of
 from agentzt.cli.output import console
 from agentzt.config import load_gateway_settings
@@ -154,15 +153,14 @@ def _line(event: dict[str, Any]) -> str:
     return " ".join(_cell(p).plain for p in parts)
 
 
-def _follow(
-    ctx: typer.Context, limit: int, match: Callable[[dict[str, Any]], bool], as_json: bool
-) -> None:
+def _follow(ctx: typer.Context, limit: int, filters: dict[str, str | None], as_json: bool) -> None:
     path = paths_of(ctx).audit_log
+    match = matcher(**filters)
     printed = 0
     # IMPORTANT: following starts before the history is read, so an event written in
     # between is not missed; the seq check drops the one printed twice.
     live = Follower(path)
-    history = [e for e in read_events(path) if match(e)][-limit:]
+    history = read_events(path, **filters, limit=limit)
 
     def show(event: dict[str, Any]) -> None:
         nonlocal printed
@@ -226,19 +224,11 @@ def audit_cmd(
         return
     path = paths_of(ctx).audit_log
     if follow:
-
-        def match(event: dict[str, Any]) -> bool:
-            meta = event.get("meta")
-            return (
-                (request_id is None or event.get("request_id") == request_id)
-                and (agent is None or event.get("agent_id") == agent)
-                and (task is None or (isinstance(meta, dict) and meta.get("task") == task))
-            )
-
+        filters = {"request_id": request_id, "agent_id": agent, "task": task}
         # SIGTERM ends following as Ctrl-C does: quietly, exit 0.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
-            _follow(ctx, limit, match, as_json)
+            _follow(ctx, limit, filters, as_json)
         return
     # A request's whole story is shown however long it is; --limit caps the rest.
     shown = None if request_id is not None else limit

@@ -1,4 +1,4 @@
-"""The gateway's audit trail, opened at start-up: log, writer thread, checkpoints, HMAC key."""
+"""The gateway's audit trail, opened at start-up: log, writer, checkpoints, HMAC key."""
 
 from __future__ import annotations
 
