@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from agentzt.bench.stack import BENCH_POLICY, free_port, processes, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = json.dumps(
@@ -39,46 +38,6 @@ BODY = json.dumps(
         "messages": [{"role": "user", "content": "Summarise our VPN policy in one line."}],
     }
 )
-BENCH_POLICY = """
-[roles.bench-agent]
-models = ["claude-sonnet-4-6"]
-tools = ["kb.search"]
-[roles.bench-agent.limits]
-requests_per_minute = 1000000
-max_output_tokens = 1024
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, timeout: float = 20.0, tls: ssl.SSLContext | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1, context=tls):  # noqa: S310 (loopback)
-                return
-        except OSError as exc:
-            if getattr(exc, "code", None) is not None:
-                return  # any HTTP answer means the server is up
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready")
-
-
-@contextmanager
-def processes(*argvs: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [subprocess.Popen(argv, cwd=REPO) for argv in argvs]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
 
 
 def load(url: str, seconds: float, connections: int) -> dict[str, float]:
