@@ -79,9 +79,18 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(url: str, timeout: float = 30.0, tls: ssl.SSLContext | None = None) -> None:
+def wait_ready(
+    url: str,
+    timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> None:
+    """Until ``url`` answers; a server among ``procs`` that exits meanwhile ends the wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        for proc in procs or []:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a server exited with code {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1, context=tls):  # noqa: S310 (loopback)
                 return
@@ -159,7 +168,8 @@ def agentzt_chain(gateway_toml: str = "", *, mtls: bool = False) -> Iterator[Cha
             f"{scheme}://127.0.0.1:{gw}",
             *tls_flag,
         ]
-        with processes(gateway, proxy) as (gateway_proc, proxy_proc):
+        with processes(gateway, proxy) as procs:
+            gateway_proc, proxy_proc = procs
             health_tls = None
             if mtls:
                 health_tls = ssl.create_default_context(cafile=str(home / "tls" / "ca.crt"))
@@ -167,8 +177,8 @@ def agentzt_chain(gateway_toml: str = "", *, mtls: bool = False) -> Iterator[Cha
                     home / "tls" / "clients" / f"{AGENT}.crt",
                     home / "tls" / "clients" / f"{AGENT}.key",
                 )
-            wait_ready(f"{scheme}://127.0.0.1:{gw}/healthz", tls=health_tls)
-            wait_ready(f"http://127.0.0.1:{px}/healthz")
+            wait_ready(f"{scheme}://127.0.0.1:{gw}/healthz", tls=health_tls, procs=procs)
+            wait_ready(f"http://127.0.0.1:{px}/healthz", procs=procs)
             yield Chain(
                 f"http://127.0.0.1:{px}", {"gateway": gateway_proc.pid, "proxy": proxy_proc.pid}
             )
@@ -181,9 +191,10 @@ def bare_chain(client: str = "aiohttp") -> Iterator[Chain]:
     py = [sys.executable, "-m", "agentzt.bench.bare"]
     upstream = [*py, "upstream", "--port", str(up)]
     proxy = [*py, "proxy", "--port", str(px), "--upstream", f"http://127.0.0.1:{up}"]
-    with processes(upstream, [*proxy, "--client", client]) as (upstream_proc, proxy_proc):
-        wait_ready(f"http://127.0.0.1:{up}/")
-        wait_ready(f"http://127.0.0.1:{px}/")
+    with processes(upstream, [*proxy, "--client", client]) as procs:
+        upstream_proc, proxy_proc = procs
+        wait_ready(f"http://127.0.0.1:{up}/", procs=procs)
+        wait_ready(f"http://127.0.0.1:{px}/", procs=procs)
         yield Chain(
             f"http://127.0.0.1:{px}", {"upstream": upstream_proc.pid, "proxy": proxy_proc.pid}
         )
