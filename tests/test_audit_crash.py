@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from audit_files import rotated_line
 from burst import all_at_once
 from conftest import enroll_agent, roomy_config
 from gateway_process import child_env, start_gateway
@@ -405,35 +406,6 @@ def test_invalid_fsync_setting_stops_the_gateway_with_one_line(
 
 
 # --- a rotation interrupted between its two renames -------------------------------------
-
-
-def rotated_line(active: Path) -> tuple[Path, bytes]:
-    """The archive name and ``audit.rotated`` line a rotation of ``active`` writes first,
-    built with the PROTOCOL.md formula and nothing from agentzt."""
-    last = events_of(active.read_bytes())[-1]
-    archive = active.with_name(f"{active.stem}-{last['seq']:012d}{active.suffix}")
-    event = {
-        "seq": last["seq"] + 1,
-        "ts": last["ts"],
-        "request_id": "agentzt-audit",
-        "agent_id": None,
-        "role": None,
-        "action": "audit.rotated",
-        "resource": f"audit:{active.name}",
-        "decision": "allow",
-        "reason": f"continues {archive.name}",
-        "status": 0,
-        "latency_ms": 0.0,
-        "meta": {
-            "previous_file": archive.name,
-            "previous_seq": last["seq"],
-            "previous_head": last["hash"],
-        },
-    }
-    body = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    event["hash"] = hashlib.sha256(f"{last['hash']}\n{body}".encode()).hexdigest()
-    line = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return archive, line.encode() + b"\n"
 
 
 @pytest.mark.parametrize("renamed", [True, False], ids=["after-first-rename", "before-it"])

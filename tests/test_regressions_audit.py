@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_files import rotated_line
 
 from agentzt.audit import AuditWriter, Draft, canonical_json, chain_hash, read_events, verify_chain
 from agentzt.audit.log import AuditLog
@@ -288,30 +289,9 @@ def test_rewritten_log_grown_past_its_checkpoint_is_refused_at_start_up(paths: P
 
 def rotation_cut_short(active: Path) -> None:
     """Leave ``active`` as a gateway killed between a rotation's two renames leaves it: the
-    next file written under its side name, the active file renamed to its archive name.
-    The ``audit.rotated`` line is built with the PROTOCOL.md formula."""
-    last = json.loads(log_lines(active)[-1])
-    archive = active.with_name(f"{active.stem}-{last['seq']:012d}{active.suffix}")
-    event = {
-        "seq": last["seq"] + 1,
-        "ts": last["ts"],
-        "request_id": "agentzt-audit",
-        "agent_id": None,
-        "role": None,
-        "action": "audit.rotated",
-        "resource": f"audit:{active.name}",
-        "decision": "allow",
-        "reason": f"continues {archive.name}",
-        "status": 0,
-        "latency_ms": 0.0,
-        "meta": {
-            "previous_file": archive.name,
-            "previous_seq": last["seq"],
-            "previous_head": last["hash"],
-        },
-    }
-    event["hash"] = chain_hash(last["hash"], event)
-    active.with_name(PENDING_NAME).write_bytes(canonical_json(event) + b"\n")
+    next file written under its side name, the active file renamed to its archive name."""
+    archive, line = rotated_line(active)
+    active.with_name(PENDING_NAME).write_bytes(line)
     active.rename(archive)
 
 
