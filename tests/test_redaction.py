@@ -521,7 +521,11 @@ def test_adversarial_inputs_finish_quickly(redactor: Redactor, build: Callable[[
     redactor.redact_text(text)
     elapsed = time.perf_counter() - started
     print(f"\n  {text[:16]!r:>20} x {len(text):>9} chars: {elapsed * 1000:6.1f} ms", end="")
-    assert elapsed < 2.0
+    # A guard against super-linear matching, not a speed target: backtracking that is
+    # quadratic in a megabyte takes minutes. The slowest case here ("password=" repeated:
+    # each of the 32 bounded re-scans reads the rest of the text) takes about 1.3 s on an
+    # idle 2-core machine and 2.8 s with four test workers on it, hence the headroom.
+    assert elapsed < 10.0
 
 
 def typical_response(secret: str = "") -> dict[str, object]:
