@@ -309,7 +309,9 @@ def test_startup_reads_only_the_tail(log_path: Path) -> None:
     read_before = _bytes_read_by_this_process()
     with AuditLog(log_path) as log:
         read_during_open = _bytes_read_by_this_process() - read_before
-        assert read_during_open < 64 * 1024
+        # The whole process counts (other threads of a test worker read too), so the
+        # bound is far above a tail read and far below the 4.8 MB a full scan reads.
+        assert read_during_open < 1024 * 1024
         assert log.seq == 3
         assert log.head_hash == events[2]["hash"]
         assert append(log)["seq"] == 4

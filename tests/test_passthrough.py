@@ -80,7 +80,7 @@ def last_event(paths: Paths, action: str) -> dict[str, Any]:
     return events[-1]
 
 
-def wait_for(condition: Any, timeout: float = 5.0) -> bool:
+def wait_for(condition: Any, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

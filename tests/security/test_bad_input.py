@@ -663,7 +663,9 @@ BROKEN_BODY_BUG = (
 def test_broken_body_is_audited_as_a_denial_not_a_500(servers: Servers, case: Framing) -> None:
     rid = framing_rid(case)
     send_framing(servers.targets["gateway"], case, rid)
-    events = servers.wait_for_events(rid, timeout=2)
+    # The deny event is written once the server has seen the broken framing, which can
+    # be after send_framing returns; a generous wait costs nothing when it is there.
+    events = servers.wait_for_events(rid, timeout=10)
     assert events, "no audit event for an authenticated request"
     assert all(e["decision"] == "deny" for e in events), events
     assert all(e["status"] < 500 for e in events), [(e["status"], e["reason"]) for e in events]
@@ -768,7 +770,9 @@ def test_slow_headers_do_not_stop_other_clients(servers: Servers, target_name: s
             for _ in range(3):
                 started = time.monotonic()
                 assert_still_serving(target)
-                assert time.monotonic() - started < 1.0
+                # Loose on purpose (a loaded CI machine): a server held by the slow
+                # clients would not answer until they finished, seconds later.
+                assert time.monotonic() - started < 3.0
                 time.sleep(0.1)
         finally:
             slow.join()
@@ -828,9 +832,10 @@ def test_short_timeout_bench_closes_idle_keep_alive_connections(
         reply = conn.reply(wait=2)
         assert reply is not None and reply.status == 200
         started = time.monotonic()
-        assert conn.reply(wait=4 * SHORT_TIMEOUT) is None
+        assert conn.reply(wait=10 * SHORT_TIMEOUT) is None
         assert conn.closed
-        assert time.monotonic() - started < 2 * SHORT_TIMEOUT
+        # Well under the shipped keep-alive timeout, with room for a loaded machine.
+        assert time.monotonic() - started < 10 * SHORT_TIMEOUT
 
 
 @pytest.mark.parametrize(
@@ -847,8 +852,9 @@ def test_slow_headers_are_cut_off_within_a_bounded_time(
     target = short_timeout_servers[target_name]
     with Raw(target) as conn:
         data = slow_request(target, rid_for("slowloris")) if payload else b""
-        # A byte every 0.2 s: the server must close or answer (408) by twice its timeout.
-        [state] = dribble([conn], data, 0.2, 2.0 * SHORT_TIMEOUT)
+        # A byte every 0.2 s: the server must close or answer (408) within ten times its
+        # timeout (a loaded machine may check late); one ignoring it holds on for minutes.
+        [state] = dribble([conn], data, 0.2, 10 * SHORT_TIMEOUT)
     assert state == "closed" or state.startswith("answered 4"), state
 
 
