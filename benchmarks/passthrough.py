@@ -18,7 +18,8 @@ import time
 
 import httpx
 
-from benchmarks.compare import agentzt_chain, free_port, load, processes, wait_ready
+from agentzt.bench.stack import free_port, processes, wait_ready
+from benchmarks.compare import agentzt_chain, load
 
 BODY = {
     "model": "claude-sonnet-4-6",
