@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
-import agentzt.cli.commands  # registers `agentzt audit` on the app
 from agentzt.audit import canonical_json, chain_hash, verify_chain
 from agentzt.audit.segments import archives
 from agentzt.cli import app
+from agentzt.cli import commands as _commands  # noqa: F401  (registers `agentzt audit` on app)
 from agentzt.config import Paths, load_gateway_settings
 from agentzt.errors import AuditWriteError, UsageError
 from agentzt.gateway import Gateway
@@ -591,13 +591,14 @@ def _edit_in_middle_archive(t: Trail) -> int:
     lines = middle.read_bytes().splitlines(keepends=True)
     lines[2] = _flip_decision(lines[2])
     middle.write_bytes(b"".join(lines))
-    return json.loads(lines[2])["seq"]
+    seq: int = json.loads(lines[2])["seq"]
+    return seq
 
 
 def _delete_archive(which: int) -> Callable[[Trail], int]:
     def delete(t: Trail) -> int:
         gone = archives(t.log)[which]
-        first_seq = _events_of(gone)[0]["seq"]
+        first_seq: int = _events_of(gone)[0]["seq"]
         gone.unlink()
         return first_seq
 

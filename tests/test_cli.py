@@ -18,9 +18,9 @@ import pytest
 from conftest import Stack, enroll_agent
 from typer.testing import CliRunner
 
-import agentzt.cli.commands
 from agentzt.audit import read_events
 from agentzt.cli import app
+from agentzt.cli import commands as _commands  # noqa: F401  (registers the commands on app)
 from agentzt.config import Paths
 from agentzt.policy import load_policy
 

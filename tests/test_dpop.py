@@ -100,7 +100,7 @@ def private_d(paths: Paths, agent_id: str) -> str:
     """The agent's private key as a JWK ``d`` member, read from its PEM file."""
     pem = paths.identity_key(agent_id).read_bytes()
     private = serialization.load_pem_private_key(pem, password=None)
-    raw = private.private_bytes(  # type: ignore[union-attr]
+    raw = private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
     return b64u(raw)

@@ -56,7 +56,7 @@ def assert_error(resp: httpx.Response, status: int, error_type: str) -> dict[str
     """``resp`` is the Anthropic error envelope with this status and type."""
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
+    body: dict[str, Any] = resp.json()
     assert body["type"] == "error"
     assert body["error"]["type"] == error_type
     assert isinstance(body["error"]["message"], str)

@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -568,7 +568,8 @@ def test_the_client_context_trusts_no_system_root(mtls: MtlsStack) -> None:
     context = client_context(mtls.files, "agent-1")
     roots = context.get_ca_certs()
     assert len(roots) == 1
-    assert dict(x[0] for x in roots[0]["subject"])["commonName"] == "agentzt internal CA"
+    subject = cast("tuple[tuple[tuple[str, str], ...], ...]", roots[0]["subject"])
+    assert dict(x[0] for x in subject)["commonName"] == "agentzt internal CA"
     assert context.minimum_version == ssl.TLSVersion.TLSv1_3
     assert context.check_hostname
 

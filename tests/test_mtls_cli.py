@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -48,6 +49,8 @@ MESSAGE = {
     "messages": [{"role": "user", "content": "hello"}],
 }
 HEX64 = "ab" * 32
+
+ExtensionT = TypeVar("ExtensionT", bound=x509.ExtensionType)
 
 
 def files_of(paths: Paths) -> TlsFiles:
@@ -87,6 +90,12 @@ def p256_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def ec_public_key(certificate: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = certificate.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return key
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -95,7 +104,7 @@ def colon_hex(digest: bytes) -> str:
     return ":".join(f"{b:02X}" for b in digest)
 
 
-def extension(certificate: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension:
+def extension(certificate: x509.Certificate, kind: type[ExtensionT]) -> x509.Extension[ExtensionT]:
     return certificate.extensions.get_extension_for_class(kind)
 
 
@@ -124,8 +133,8 @@ def test_tls_init_writes_ca_and_server_cert_and_prints_the_fingerprint(paths: Pa
 
     ca, server = cert(files.ca_cert), cert(files.server_cert)
     ca_key, server_key = p256_key(files.ca_key), p256_key(files.server_key)
-    assert ca.public_key().public_numbers() == ca_key.public_key().public_numbers()
-    assert server.public_key().public_numbers() == server_key.public_key().public_numbers()
+    assert ec_public_key(ca).public_numbers() == ca_key.public_key().public_numbers()
+    assert ec_public_key(server).public_numbers() == server_key.public_key().public_numbers()
 
     constraints = extension(ca, x509.BasicConstraints)
     assert constraints.critical is True
@@ -215,7 +224,7 @@ def test_enroll_mtls_issues_a_client_certificate_from_the_ca(paths: Paths) -> No
 
     client, ca = cert(files.client_cert("a1")), cert(files.ca_cert)
     key = p256_key(files.client_key("a1"))
-    assert client.public_key().public_numbers() == key.public_key().public_numbers()
+    assert ec_public_key(client).public_numbers() == key.public_key().public_numbers()
     assert [a.value for a in client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["a1"]
     sans = extension(client, x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://agentzt/agent/a1"]
@@ -295,7 +304,7 @@ def test_tls_issue_renews_only_with_force(paths: Paths) -> None:
     assert new.subject == old.subject
     assert [a.value for a in new.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["a1"]
     new.verify_directly_issued_by(cert(files.ca_cert))
-    assert new.public_key().public_numbers() == (
+    assert ec_public_key(new).public_numbers() == (
         p256_key(files.client_key("a1")).public_key().public_numbers()
     )
 

@@ -47,7 +47,8 @@ def fake() -> Iterator[FakeAnthropic]:
 
 def post(stack: Any, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
     with stack.proxy_client() as http:
-        return http.post("/v1/messages", json=body or BODY, **kwargs)
+        response: httpx.Response = http.post("/v1/messages", json=body or BODY, **kwargs)
+        return response
 
 
 def stream_events(stack: Any, body: dict[str, Any] | None = None) -> list[tuple[str, Any]]:

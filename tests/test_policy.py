@@ -96,7 +96,7 @@ class _ExplodingRoles(Mapping[str, Role]):
     def __getitem__(self, key: str) -> Role:
         raise RuntimeError("boom")
 
-    def get(self, key: str, default: object = None) -> Role:  # type: ignore[override]
+    def get(self, key: str, default: object = None) -> Role:
         raise RuntimeError("boom")
 
     def __iter__(self) -> Iterator[str]:

@@ -376,13 +376,14 @@ def test_grant_asked_for_under_a_task_serves_only_that_task(env: Env) -> None:
     grant = elevated.json()["elevation_grant"]
 
     def send(token: str, task: str | None = None, with_grant: str = grant) -> httpx.Response:
+        grant_header: dict[str, Any] = {GRANT_HEADER: with_grant}
         return agent.call(
             token,
             "POST",
             "/v1/tools/email.send",
             task=task,
             json={"arguments": EMAIL_ARGS},
-            **{GRANT_HEADER: with_grant},
+            **grant_header,
         )
 
     # The session token (which outlives T) may not present T's grant.

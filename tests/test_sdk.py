@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 import pytest
 import tomli_w
-from anthropic.types import Message, ToolUseBlock
+from anthropic.types import Message, MessageParam, ToolUseBlock
 from conftest import REPO, TEST_ROLES, Stack, enroll_agent
 from fake_anthropic import (
     ENTERPRISE_KEY,
@@ -39,7 +39,7 @@ DUMMY_KEY = "sk-ant-agent-dummy-DO-NOT-FORWARD-123"
 MODEL = "claude-sonnet-4-6"
 OUTSIDE_MODEL = "claude-opus-4-8"  # in policy.toml, but not in demo-agent's role
 PROMPT = "Summarise our VPN onboarding steps in three short bullet points"
-USER = [{"role": "user", "content": PROMPT}]
+USER: list[MessageParam] = [{"role": "user", "content": PROMPT}]
 MODES = ["mock", "passthrough"]
 FLAVORS = ["sync", "async"]
 
@@ -97,10 +97,11 @@ def tool_events() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def expected_text(messages: list[dict[str, Any]], max_tokens: int = 256) -> str:
+def expected_text(messages: Sequence[Mapping[str, object]], max_tokens: int = 256) -> str:
     """What the deterministic mock answers (the fake upstream answers the same)."""
     body = {"model": MODEL, "max_tokens": max_tokens, "messages": messages}
-    return mock_upstream.message(body)["content"][0]["text"]
+    text: str = mock_upstream.message(body)["content"][0]["text"]
+    return text
 
 
 # --- the chain under test ----------------------------------------------------------------
@@ -547,6 +548,7 @@ def test_model_outside_role_is_permission_denied(env: Env, flavor: str) -> None:
     assert error["message"] in str(info.value)
     # The envelope's request id is the one echoed in the header and written to the audit log.
     request_id = info.value.response.headers["x-agentzt-request-id"]
+    assert isinstance(info.value.body, dict), info.value.body
     assert info.value.body["request_id"] == request_id
     audited = [
         json.loads(line)

@@ -646,7 +646,7 @@ def test_cli_revoke_task_ends_it_for_every_agent_or_for_one(
 def test_token_signed_by_the_gateway_key_but_never_recorded_is_refused(
     direct: Direct, task: str | None
 ) -> None:
-    extra = {"task": task} if task else {}
+    extra: dict[str, Any] = {"task": task} if task else {}
     token = direct.mint(**extra)
     refused = direct.models(token, task)
     assert_error(refused, 401, "authentication_error")

@@ -343,7 +343,7 @@ needs_proc = pytest.mark.skipif(not STATM.exists(), reason="measures RSS in /pro
 
 # --- size: Content-Length over the limit ------------------------------------------------
 
-DECLARED = {
+DECLARED: dict[str, Callable[[int], int]] = {
     "limit-plus-one": lambda limit: limit + 1,
     "one-terabyte": lambda limit: 10**12,
     "sixteen-digits": lambda limit: 10**16 - 1,

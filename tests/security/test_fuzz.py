@@ -33,6 +33,7 @@ import re
 import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ from agentzt.identity import SigningKey, jws
 from agentzt.identity.dpop import jwk_thumbprint, normalize_url
 from agentzt.policy import DecisionRequest, Policy, Resource, decide, load_policy
 from agentzt.policy.load import RESOURCE_NAME, ROLE_NAME
-from agentzt.policy.model import RISK_LEVELS
+from agentzt.policy.model import RISK_LEVELS, ResourceKind
 from agentzt.tools import default_toolbox
 from agentzt.wire import MAX_JSON_DEPTH, parse_json_object, read_body, require_json
 
@@ -333,7 +334,7 @@ def test_request_bodies_are_accepted_or_refused_with_400(raw: bytes) -> None:
     only_4xx(lambda: model_route(raw))
     only_4xx(lambda: elevation_route(raw))
     for name in TOOLBOX.names():
-        only_4xx(lambda name=name: tool_route(name, raw))
+        only_4xx(partial(tool_route, name, raw))
     accepted = only_4xx(lambda: parse_json_object(raw))
     if isinstance(accepted, dict):
         # What parse_json_object accepts, later code walks recursively and writes as UTF-8.
@@ -420,8 +421,13 @@ def test_request_reading_returns_the_body_or_400_or_413(
     body, request = read["body"], read["request"]
     assert body == b"".join(chunks)
     assert len(body) <= limit
+
     # What the routes do next (wire.read_json_object): the media type, then strict JSON.
-    only_4xx(lambda: (require_json(request, body), parse_json_object(body)))
+    def read_json_object() -> object:
+        require_json(request, body)
+        return parse_json_object(body)
+
+    only_4xx(read_json_object)
 
 
 # ---------------------------------------------------------------------------------------
@@ -636,7 +642,8 @@ def test_policy_documents_load_or_fail_naming_the_file(
         return
     # Deny by default: a resource no role lists is denied for every role, and for a
     # role the policy does not have, even when the token's scope names it.
-    kind = data.draw(st.sampled_from(["model", "tool"]), label="kind")
+    kinds: list[ResourceKind] = ["model", "tool"]
+    kind = data.draw(st.sampled_from(kinds), label="kind")
     name = data.draw(NAMES.filter(lambda n: RESOURCE_NAME.fullmatch(n) is not None), label="name")
     roles = [*policy.roles, data.draw(ROLE_NAMES, label="other role")]
     for role_name in roles:

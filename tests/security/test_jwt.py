@@ -160,6 +160,7 @@ class FetchRecorder:
 
         self._server = Server(("127.0.0.1", 0), Handler)
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)
         self.url = f"http://{host}:{port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -383,7 +384,11 @@ def present(env: Env, kind: str, token: str | bytes) -> tuple[httpx.Response, st
         # HTTP forbids a header value ending in a space, so an empty token is "Bearer".
         authorization = b"Bearer " + value if value else b"Bearer"
         response = env.client.get(
-            "/v1/models", headers={"authorization": authorization, REQUEST_ID: request_id}
+            "/v1/models",
+            headers={
+                b"authorization": authorization,
+                REQUEST_ID.encode("ascii"): request_id.encode("ascii"),
+            },
         )
     return response, request_id
 
