@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentzt.audit import AuditLog, Draft
+from agentzt.audit import AuditLog
+from agentzt.bench.micro import sample_draft
 
 _VERIFY = """
 import json, resource, sys, time
@@ -30,7 +31,12 @@ workers = int(sys.argv[2]) if sys.argv[2] != "auto" else None
 started = time.perf_counter()
 report = verify_chain(Path(sys.argv[1]), workers=workers)
 elapsed = time.perf_counter() - started
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM starts afresh at exec; ru_maxrss would also count the parent's pages, which this
+# process had between its fork and its exec.
+status = Path("/proc/self/status")
+lines = status.read_text().splitlines() if status.exists() else []
+hwm = [line for line in lines if line.startswith("VmHWM:")]
+own = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({"events": report.events, "seconds": elapsed,
                   "rss_kib": own, "worker_rss_kib": children}))
@@ -40,21 +46,7 @@ print(json.dumps({"events": report.events, "seconds": elapsed,
 def write_log(path: Path, events: int, batch: int = 1000) -> None:
     with AuditLog(path, max_file_bytes=1 << 40) as log:
         for start in range(0, events, batch):
-            drafts = [
-                Draft(
-                    request_id=f"req_{i:032x}",
-                    agent_id="bench-agent",
-                    role="analyst",
-                    action="model.call",
-                    resource="model:claude-sonnet-4-6",
-                    decision="allow",
-                    reason="model:claude-sonnet-4-6 is allowed for role analyst",
-                    status=200,
-                    latency_ms=6.5,
-                    meta={"jti": f"{i:032x}", "usage": {"input_tokens": 12, "output_tokens": 40}},
-                )
-                for i in range(start, min(events, start + batch))
-            ]
+            drafts = [sample_draft(i) for i in range(start, min(events, start + batch))]
             log.append_batch(drafts)
 
 

@@ -27,40 +27,20 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from agentzt.bench import stack
 from agentzt.bench.stack import BENCH_POLICY, free_port, processes, wait_ready
 
-REPO = Path(__file__).resolve().parent.parent
-BODY = json.dumps(
-    {
-        "model": "claude-sonnet-4-6",
-        "max_tokens": 64,
-        "messages": [{"role": "user", "content": "Summarise our VPN policy in one line."}],
-    }
-)
+BODY = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "Summarise our VPN policy in one line."}],
+}
 
 
-def load(url: str, seconds: float, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentzt.bench.loadgen",
-            url,
-            "--seconds",
-            str(seconds),
-            "--connections",
-            str(connections),
-            "--json",
-            BODY,
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
+def load(url: str, seconds: float, connections: int) -> dict[str, Any]:
+    return stack.load(url, seconds, connections, BODY)
 
 
 def bare(client: str, seconds: float, connections: int) -> dict[str, float]:
@@ -150,14 +130,28 @@ def agentzt(
         return load(f"{proxy}/v1/messages", seconds, connections)
 
 
+CHAINS = (
+    "agentzt",
+    "agentzt-mtls",
+    "agentzt-nodpop",
+    "agentzt-noguard",
+    *(f"agentzt-fsync-{mode}" for mode in ("always", "batch", "never")),
+    "aiohttp",
+    "httpx",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--only", default="agentzt,agentzt-noguard,aiohttp,httpx")
     args = parser.parse_args()
+    names = args.only.split(",")
+    if unknown := [name for name in names if name not in CHAINS]:
+        parser.error(f"unknown chain {', '.join(unknown)}; choose from {', '.join(CHAINS)}")
     results: dict[str, dict[str, float]] = {}
-    for name in args.only.split(","):
+    for name in names:
         if name == "agentzt":
             label, result = (
                 "agentzt (proxy+gateway, aiohttp hop)",

@@ -99,7 +99,8 @@ def token_verification() -> dict[str, float]:
     return {"first_us": first, "cached_us": _per_call_us(lambda: warm.verify(token))}
 
 
-def _draft(i: int) -> Draft:
+def sample_draft(i: int) -> Draft:
+    """The ``i``-th of a run of typical allowed model calls, for audit benchmarks."""
     return Draft(
         request_id=f"req_{i:032x}",
         agent_id="bench-agent",
@@ -124,7 +125,7 @@ def audit_append(
     async def one_waiter(start: int) -> None:
         for i in range(start, events, waiters):
             began = time.perf_counter()
-            await writer.record(_draft(i))
+            await writer.record(sample_draft(i))
             latencies.append((time.perf_counter() - began) * 1e6)
 
     async def run() -> float:
