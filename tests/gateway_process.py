@@ -1,4 +1,5 @@
-"""``agentzt gateway`` as a real child process, for the tests that kill and restart it."""
+"""``agentzt`` as a real child process: an operator's command run to its end, and the
+gateway for the tests that kill and restart it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,32 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
 
 
+def agentzt_argv(paths: Paths, *args: str) -> list[str]:
+    """``python -m agentzt --config C --home H ARGS``."""
+    return [
+        sys.executable, "-m", "agentzt",
+        "--config", str(paths.config_dir), "--home", str(paths.home),
+        *args,
+    ]  # fmt: skip
+
+
+def run_agentzt(
+    paths: Paths, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``agentzt ARGS`` run to its end as an operator runs it. It runs from outside the
+    checkout, which ``python -m`` would otherwise put first on the module path, so the
+    package the child imports is the one the tests import."""
+    return subprocess.run(
+        agentzt_argv(paths, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=paths.config_dir.parent,
+        env=env or child_env(),
+        check=False,
+    )
+
+
 def start_gateway(
     paths: Paths, started: list[subprocess.Popen[bytes]], log: Path, port: int = 0
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -28,16 +55,12 @@ def start_gateway(
     once it answers /healthz."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "agentzt",
-                "--config", str(paths.config_dir), "--home", str(paths.home),
-                "gateway", "--port", str(port),
-            ],
+            agentzt_argv(paths, "gateway", "--port", str(port)),
             stdout=subprocess.DEVNULL,
             stderr=err,
             cwd=paths.config_dir.parent,
             env=child_env(),
-        )  # fmt: skip
+        )
     started.append(proc)
     deadline = time.monotonic() + 30
     url = None

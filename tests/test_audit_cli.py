@@ -4,13 +4,11 @@ several files), and the command line reads it back as a subprocess."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from conftest import enroll_agent
+from gateway_process import agentzt_argv, child_env
+from gateway_process import run_agentzt as cli
 
 from agentzt.audit import Correlator
 from agentzt.config import Paths
@@ -163,30 +163,6 @@ def running(paths: Paths, request: pytest.FixtureRequest) -> Iterator[Running]:
         run.stop()
 
 
-def plain_env() -> dict[str, str]:
-    """The environment without AGENTZT_* settings, so only the flags given count."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
-
-
-def cli(
-    paths: Paths, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``agentzt --config C --home H ARGS``, run to its end as an operator runs it."""
-    return subprocess.run(
-        [
-            sys.executable, "-m", "agentzt",
-            "--config", str(paths.config_dir), "--home", str(paths.home),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=paths.config_dir.parent,
-        env=env or plain_env(),
-        check=False,
-    )  # fmt: skip
-
-
 def one_line_error(stderr: str) -> str:
     """The single ``agentzt: error:`` line a failure prints, with no traceback."""
     assert "Traceback" not in stderr
@@ -260,7 +236,7 @@ def test_request_id_shows_all_its_events_in_order_across_files(running: Running)
     assert [line.encode() + b"\n" for line in printed] == [lines[e["seq"]] for e in expected]
 
     table = cli(
-        running.paths, "audit", "--request-id", wanted, env={**plain_env(), "COLUMNS": "250"}
+        running.paths, "audit", "--request-id", wanted, env={**child_env(), "COLUMNS": "250"}
     )
     assert table.returncode == 0, table.stderr
     rows = [m[1] for m in re.finditer(r"^│ +(\d+) +│", table.stdout, re.MULTILINE)]
@@ -328,19 +304,14 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def follow(paths: Paths, started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
-    env = plain_env()
     proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "agentzt",
-            "--config", str(paths.config_dir), "--home", str(paths.home),
-            "audit", "--follow", "--json",
-        ],
+        agentzt_argv(paths, "audit", "--follow", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=paths.config_dir.parent,
-        env=env,
-    )  # fmt: skip
+        env=child_env(),
+    )
     started.append(proc)
     return proc
 
@@ -417,19 +388,15 @@ def since_text(moment: datetime) -> str:
 
 
 def export(paths: Paths, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = plain_env()
+    # Bytes, not text: export must print the lines exactly as stored.
     return subprocess.run(
-        [
-            sys.executable, "-m", "agentzt",
-            "--config", str(paths.config_dir), "--home", str(paths.home),
-            "audit", "export", *args,
-        ],
+        agentzt_argv(paths, "audit", "export", *args),
         capture_output=True,
         timeout=60,
         cwd=paths.config_dir.parent,
-        env=env,
+        env=child_env(),
         check=False,
-    )  # fmt: skip
+    )
 
 
 def test_export_since_prints_the_log_lines_from_that_time_on(running: Running) -> None:

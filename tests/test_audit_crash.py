@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import pytest
 from audit_files import rotated_line
 from burst import all_at_once
 from conftest import enroll_agent, roomy_config
-from gateway_process import child_env, start_gateway
+from gateway_process import run_agentzt, start_gateway
 
 from agentzt.audit import verify_chain
 from agentzt.config import Paths, load_gateway_settings
@@ -386,17 +385,7 @@ def test_invalid_fsync_setting_stops_the_gateway_with_one_line(
     roomy: Paths, key: str, value: Any
 ) -> None:
     set_audit(roomy, **{key: value})
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "agentzt",
-            "--config", str(roomy.config_dir), "--home", str(roomy.home),
-            "gateway", "--port", "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=child_env(),
-    )  # fmt: skip
+    result = run_agentzt(roomy, "gateway", "--port", "0", timeout=20)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -23,7 +23,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import httpx
 import pytest
 from conftest import enroll_agent
 from fake_anthropic import ENTERPRISE_KEY, FakeAnthropic, fake_anthropic, passthrough_stack
-from gateway_process import READY, child_env
+from gateway_process import READY, agentzt_argv, child_env
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -143,9 +142,7 @@ def launch(
     env = {**child_env(), "ANTHROPIC_API_KEY": ENTERPRISE_KEY}
     command = [
         *prefix, "sh", "-c", script, "sh", str(target),
-        sys.executable, "-m", "agentzt",
-        "--config", str(paths.config_dir), "--home", str(paths.home),
-        "gateway", "--port", "0",
+        *agentzt_argv(paths, "gateway", "--port", "0"),
     ]  # fmt: skip
     with log.open("wb") as err:
         proc = subprocess.Popen(

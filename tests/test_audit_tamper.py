@@ -15,11 +15,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +25,7 @@ import pytest
 from conftest import Clock, at
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from gateway_process import run_agentzt
 from typer.testing import CliRunner
 
 from agentzt.audit import canonical_json, chain_hash, verify_chain
@@ -165,24 +163,7 @@ class Run(NamedTuple):
 
 def agentzt(paths: Paths, *args: str) -> Run:
     """``python -m agentzt --config ... --home ... ARGS`` in a process of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentzt",
-            "--config",
-            str(paths.config_dir),
-            "--home",
-            str(paths.home),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    done = run_agentzt(paths, *args)
     return Run(done.returncode, done.stdout, done.stderr)
 
 

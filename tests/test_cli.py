@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Stack, enroll_agent
+from gateway_process import child_env
+from gateway_process import run_agentzt as agentzt
 from typer.testing import CliRunner
 
 from agentzt.audit import read_events
@@ -28,33 +30,7 @@ ROLES_IN_TEST_POLICY = {"demo-agent", "research-agent", "ops-agent", "comms-agen
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
-    env.update(extra)
-    return env
-
-
-def agentzt(
-    paths: Paths, *args: str, timeout: float = 30, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``agentzt --config ... --home ... ARGS`` to completion."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentzt",
-            "--config",
-            str(paths.config_dir),
-            "--home",
-            str(paths.home),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=paths.config_dir.parent,
-        env=env or _env(),
-        check=False,
-    )
+    return {**child_env(), **extra}
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from gateway_process import run_agentzt as cli
 from test_cli import (
     _env,
     assert_one_line_error,
@@ -35,7 +36,6 @@ from test_cli import (
     listening,
     snapshot,
 )
-from test_cli import agentzt as cli
 
 from agentzt.audit import read_events
 from agentzt.config import Paths

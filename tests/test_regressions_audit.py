@@ -12,8 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 
 import pytest
 from audit_files import rotated_line
+from gateway_process import run_agentzt as agentzt
 
 from agentzt.audit import AuditWriter, Draft, canonical_json, chain_hash, read_events, verify_chain
 from agentzt.audit.log import AuditLog
@@ -109,28 +108,6 @@ def rechain(lines: list[bytes]) -> bytes:
         prev = chain_hash(prev, event)
         out.append(canonical_json({**event, "hash": prev}))
     return b"\n".join(out) + b"\n"
-
-
-def agentzt(paths: Paths, *args: str) -> subprocess.CompletedProcess[str]:
-    """``agentzt --config C --home H ARGS`` as an operator runs it.
-
-    Run from outside the checkout, which ``python -m`` would otherwise put first on the
-    module path: the package the child imports is the one these tests import.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTZT_")}
-    return subprocess.run(
-        [
-            sys.executable, "-m", "agentzt",
-            "--config", str(paths.config_dir), "--home", str(paths.home),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=paths.config_dir.parent,
-        env=env,
-        check=False,
-    )  # fmt: skip
 
 
 def one_line(stderr: str) -> str:

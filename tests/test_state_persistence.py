@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +28,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, Clock, Stack, enroll_agent, outcome_event
-from gateway_process import child_env, pin_issuer, start_gateway
+from gateway_process import pin_issuer, start_gateway
+from gateway_process import run_agentzt as cli
 
 import agentzt.identity.replay as replay_module
 from agentzt.audit import read_events
@@ -145,22 +145,6 @@ class Agent:
 
 
 # --- kill -9: a gateway in its own process, stopped hard, started again ------------------
-
-
-def cli(paths: Paths, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable, "-m", "agentzt",
-            "--config", str(paths.config_dir), "--home", str(paths.home),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=paths.config_dir.parent,
-        env=child_env(),
-        check=False,
-    )  # fmt: skip
 
 
 def ledger_rows(paths: Paths) -> list[dict[str, Any]]:
